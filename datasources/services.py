@@ -1,0 +1,175 @@
+"""The verbs that change data sources and vector stores."""
+
+from __future__ import annotations
+
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.services import grant_creator
+from audit import services as audit
+
+from .connectors import source_connector, target_connector
+from .connectors.base import CheckResult
+from .models import DataSource, VectorStore
+
+SOURCE_FIELDS = ("kind", "host", "port", "database", "user")
+STORE_FIELDS = ("kind", "uri")
+# Secrets are audited as "changed" only: the diff compares their envelopes, never shows them.
+AUDITED_SOURCE_FIELDS = ("name", *SOURCE_FIELDS, "password")
+AUDITED_STORE_FIELDS = ("name", *STORE_FIELDS, "token")
+
+
+class InUse(Exception):
+    """The object is used by sync tasks; the message names them."""
+
+
+@transaction.atomic
+def save_source(*, name: str, password: str | None = None, **fields) -> DataSource:
+    """Create or update a source by name; `password=None` keeps the stored one."""
+    unknown = set(fields) - set(SOURCE_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown data source fields: {', '.join(sorted(unknown))}")
+    source = DataSource.objects.filter(name=name).first() or DataSource(name=name)
+    before = audit.snapshot(source, AUDITED_SOURCE_FIELDS) if source.pk else None
+    for key, value in fields.items():
+        setattr(source, key, value)
+    if password is not None:
+        source.password = password
+    source.full_clean()
+    source.save()
+    _record_save(source, before, audit.snapshot(source, AUDITED_SOURCE_FIELDS), "password")
+    return source
+
+
+@transaction.atomic
+def save_store(*, name: str, token: str | None = None, **fields) -> VectorStore:
+    """Create or update a vector store by name; `token=None` keeps the stored one."""
+    unknown = set(fields) - set(STORE_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown vector store fields: {', '.join(sorted(unknown))}")
+    store = VectorStore.objects.filter(name=name).first() or VectorStore(name=name)
+    before = audit.snapshot(store, AUDITED_STORE_FIELDS) if store.pk else None
+    for key, value in fields.items():
+        setattr(store, key, value)
+    if token is not None:
+        store.token = token
+    store.full_clean()
+    store.save()
+    _record_save(store, before, audit.snapshot(store, AUDITED_STORE_FIELDS), "token")
+    return store
+
+
+def _record_save(obj, before: dict | None, after: dict, secret: str) -> None:
+    diff = audit.model_diff(before, after, secret_fields=[secret])
+    if before is None:
+        audit.record(action="create", obj=obj, diff=diff)
+        grant_creator(obj)
+    elif diff:
+        audit.record(action="update", obj=obj, diff=diff)
+
+
+
+def _refuse_if_used(obj: DataSource | VectorStore, what: str) -> None:
+    names = sorted(obj.tasks.values_list("name", flat=True))
+    if names:
+        raise InUse(
+            f"The {what} {obj.name!r} is used by task{'s' if len(names) > 1 else ''} {', '.join(names)}: "
+            f"delete or move {'them' if len(names) > 1 else 'it'} first."
+        )
+
+
+@transaction.atomic
+def delete_source(source: DataSource) -> None:
+    """Delete a source no task uses (raises InUse otherwise)."""
+    _refuse_if_used(source, "data source")
+    audit.record(action="delete", obj=source, diff=audit.model_diff(
+        audit.snapshot(source, AUDITED_SOURCE_FIELDS), None, secret_fields=["password"]))
+    source.delete()
+
+
+@transaction.atomic
+def delete_store(store: VectorStore) -> None:
+    """Delete a vector store no task uses (raises InUse otherwise); its collections stay on the server."""
+    _refuse_if_used(store, "vector store")
+    audit.record(action="delete", obj=store, diff=audit.model_diff(
+        audit.snapshot(store, AUDITED_STORE_FIELDS), None, secret_fields=["token"]))
+    store.delete()
+
+
+def check_source(
+    source: DataSource, *, table: str | None = None, required_columns: dict[str, list[str]] | None = None,
+    task_id: int | None = None,
+) -> list[CheckResult]:
+    """Run every check against the live server and remember the outcome on the source.
+
+    `task_id`: the task being checked, whose own server-side state (a PostgreSQL slot) counts
+    as available."""
+    results = source_connector(source).check(table=table, required_columns=required_columns, task_id=task_id)
+    DataSource.objects.filter(pk=source.pk).update(
+        last_check_ok=all(r.ok for r in results), last_check_at=timezone.now(),
+        last_check_report=[r.as_dict() for r in results],
+    )
+    return results
+
+
+def check_store(store: VectorStore) -> list[CheckResult]:
+    """Test the store and remember the outcome on it, as `check_source` does for sources."""
+    try:
+        target = target_connector(store)
+    except ValueError as exc:  # no connector for this kind of store
+        results = [CheckResult("connect", False, str(exc))]
+    else:
+        try:
+            results = target.check()
+        finally:
+            target.close()
+    VectorStore.objects.filter(pk=store.pk).update(
+        last_check_ok=all(r.ok for r in results), last_check_at=timezone.now(),
+        last_check_report=[r.as_dict() for r in results],
+    )
+    return results
+
+
+def encrypted_fields() -> list[tuple[type, str]]:
+    """Every (model, field name) that holds a secret."""
+    from django.apps import apps
+
+    from .fields import EncryptedTextField
+
+    return [
+        (model, field.name)
+        for model in apps.get_models()
+        for field in model._meta.get_fields()
+        if isinstance(field, EncryptedTextField)
+    ]
+
+
+def rotate_encryption_keys(*, progress=None) -> dict[str, int]:
+    """Re-encrypt every secret under the primary (first) key; returns counts per model.
+
+    Each row is re-encrypted in its own small transaction, so a rotation interrupted half-way
+    leaves every secret readable (old rows under the old key, which is still configured).
+    """
+    from . import crypto
+
+    ring = crypto.keyring()
+    targets = encrypted_fields()
+    total = sum(model.objects.exclude(**{name: ""}).count() for model, name in targets)
+    done, counts = 0, {}
+    for model, name in targets:
+        label = f"{model._meta.label}.{name}"
+        counts[label] = 0
+        for pk, envelope in model.objects.exclude(**{name: ""}).values_list("pk", name).iterator():
+            done += 1
+            if ring.key_id_of(envelope) != ring.primary_id:
+                with transaction.atomic():
+                    model.objects.filter(pk=pk, **{name: envelope}).update(
+                        **{name: ring.encrypt(ring.decrypt(envelope))}
+                    )
+                counts[label] += 1
+            if progress:
+                progress(done, total)
+    with transaction.atomic():
+        audit.record(action="rotate_keys", object_type="encryption", object_label=f"primary key {ring.primary_id}",
+                     diff={"re_encrypted": counts})
+    return counts

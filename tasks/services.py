@@ -1,0 +1,151 @@
+"""The verbs that change sync tasks: save, start, stop, re-snapshot."""
+
+from __future__ import annotations
+
+from django.db import transaction
+
+from accounts.services import grant_creator
+from audit import services as audit
+from datasources.connectors import source_connector
+from datasources.connectors.base import ConnectorError
+from datasources.connectors.polling import task_source_connector
+from datasources.models import DataSource, VectorStore
+from datasources.services import check_source
+
+from .models import Checkpoint, SyncRun, SyncTask
+
+TASK_FIELDS = (
+    "table", "text_template", "payload_columns", "embedding_model", "collection", "mode", "batch_size",
+    "capture", "updated_at_column", "soft_delete_column", "poll_interval", "overlap_seconds",
+    "chunk_size", "chunk_overlap", "vectorizer",
+)
+AUDITED_TASK_FIELDS = ("name", "source", "store", *TASK_FIELDS)
+
+
+class TaskNotReady(Exception):
+    """The task's checks failed; the message lists every failure."""
+
+
+class TaskRunning(Exception):
+    """The task is running (or about to): stop it and wait for its run to end first."""
+
+
+def required_columns(task: SyncTask) -> dict[str, list[str]]:
+    return {"text template": task.template_columns, "payload": list(task.payload_columns)}
+
+
+def source_check_failures(task: SyncTask, source=None) -> list[str]:
+    """Every reason the task cannot run now (empty when it can)."""
+    if source is None and task.capture == SyncTask.Capture.POLL:
+        source = task_source_connector(task)
+    if source is None:
+        results = check_source(
+            task.source, table=task.table, required_columns=required_columns(task), task_id=task.pk
+        )
+    else:
+        results = source.check(table=task.table, required_columns=required_columns(task), task_id=task.pk)
+    return [r.message for r in results if not r.ok]
+
+
+@transaction.atomic
+def save_task(*, name: str, source: DataSource, store: VectorStore, **fields) -> SyncTask:
+    """Create or update a task by name; the primary key is read from the source catalog."""
+    unknown = set(fields) - set(TASK_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown task fields: {', '.join(sorted(unknown))}")
+    task = SyncTask.objects.filter(name=name).first() or SyncTask(name=name)
+    before = audit.snapshot(task, AUDITED_TASK_FIELDS) if task.pk else None
+    task.source, task.store = source, store
+    for key, value in fields.items():
+        setattr(task, key, value)
+    if not task.collection:
+        task.collection = name.replace("-", "_")
+    try:
+        info = source_connector(source).describe_table(task.table)
+    except ConnectorError:
+        info = None  # the source is down: keep what we knew; start_task checks again
+    if info is not None:
+        task.primary_key = info.primary_key
+    task.full_clean()
+    task.save()
+    Checkpoint.objects.get_or_create(task=task)
+    diff = audit.model_diff(before, audit.snapshot(task, AUDITED_TASK_FIELDS))
+    if before is None or diff:
+        audit.record(action="create" if before is None else "update", obj=task, diff=diff)
+    if before is None:
+        grant_creator(task)
+    return task
+
+
+def start_task(task: SyncTask, *, enqueue: bool = True) -> SyncRun:
+    """Check the task, mark it running and hand it to a worker.
+
+    A double start is harmless: the conditional update lets one caller create the run.
+    """
+    failures = source_check_failures(task)
+    if failures:
+        raise TaskNotReady(" ".join(failures))
+    with transaction.atomic():
+        SyncTask.objects.select_for_update().filter(pk=task.pk).first()  # serialises concurrent starts
+        SyncTask.objects.filter(pk=task.pk).update(desired_state=SyncTask.DesiredState.RUNNING)
+        active = task.runs.filter(status__in=SyncRun.ACTIVE).first()
+        if active is not None:
+            return active
+        run = SyncRun.objects.create(task=task, status=SyncRun.Status.QUEUED)
+        audit.record(action="start", obj=task, diff={"run": run.pk})
+        if enqueue:
+            from .jobs import run_sync_task
+
+            transaction.on_commit(lambda: run_sync_task.delay(task.pk, run.pk))
+    return run
+
+
+@transaction.atomic
+def stop_task(task: SyncTask) -> None:
+    """Ask the runner to stop: it finishes its batch, commits its checkpoint and exits."""
+    SyncTask.objects.filter(pk=task.pk).update(desired_state=SyncTask.DesiredState.STOPPED)
+    task.runs.filter(status=SyncRun.Status.QUEUED).update(status=SyncRun.Status.STOPPED)
+    audit.record(action="stop", obj=task)
+
+
+@transaction.atomic
+def delete_task(task: SyncTask) -> None:
+    """Delete a stopped task with its runs, checkpoint and dead letters; its collection stays in the store.
+
+    A task that should run, or whose runner still holds its lock, is refused (deleting it under the
+    runner would lose its last batch): stop it first. A run left "running" by a runner that died
+    (its lock expired) does not block the delete.
+
+    A PostgreSQL task's replication slot and publication are dropped too: a slot nobody reads
+    keeps WAL on the server forever. If the server cannot be reached, the delete is refused with a
+    ConnectorError that says how to drop them by hand.
+    """
+    from .locks import RunnerLock
+
+    task = SyncTask.objects.select_for_update().get(pk=task.pk)
+    running = task.desired_state == SyncTask.DesiredState.RUNNING or (
+        task.runs.filter(status__in=SyncRun.ACTIVE).exists() and RunnerLock(task.pk).holder() is not None
+    )
+    if running:
+        raise TaskRunning(f"Task {task.name!r} is running: stop it first and delete it once its run has ended.")
+    audit.record(action="delete", obj=task, diff=audit.model_diff(audit.snapshot(task, AUDITED_TASK_FIELDS), None))
+    task_id = task.pk  # delete() clears it
+    task.delete()
+    if task.source.kind == DataSource.Kind.POSTGRESQL:
+        # Last, so that a failure rolls the delete back and the task keeps pointing at its slot.
+        source_connector(task.source).drop_replication(task_id)
+
+
+def mark_running(task: SyncTask) -> None:
+    """For a runner started by hand (`manage.py run_task`)."""
+    SyncTask.objects.filter(pk=task.pk).update(desired_state=SyncTask.DesiredState.RUNNING)
+
+
+@transaction.atomic
+def resnapshot_task(task: SyncTask) -> None:
+    """Read the whole table again on the next run (unchanged rows are not embedded again)."""
+    Checkpoint.objects.update_or_create(
+        task=task,
+        defaults={"snapshot_state": Checkpoint.SnapshotState.PENDING, "snapshot_last_key": None, "snapshot_rows": 0},
+    )
+    audit.record(action="resnapshot", obj=task)
