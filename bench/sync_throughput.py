@@ -492,9 +492,9 @@ class Poller(threading.Thread):
 
     def __init__(self, uri: str, collection: str) -> None:
         super().__init__(name="bench-poller", daemon=True)
-        from pymilvus import MilvusClient
+        from datasources.connectors.milvus import MilvusTarget
 
-        self.client = MilvusClient(uri=uri)
+        self.client = MilvusTarget(uri=uri).client
         self.collection = collection
         self.pending: dict[int, float] = {}
         self.seen: dict[int, float] = {}

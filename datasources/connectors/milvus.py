@@ -24,6 +24,12 @@ ROW_KEY_FIELD, CHUNK_FIELD = "_row_key", "_chunk"
 RESERVED_FIELDS = {KEY_FIELD, VECTOR_FIELD, TEXT_FIELD, HASH_FIELD, ROW_KEY_FIELD, CHUNK_FIELD}
 VARCHAR_MAX = 65535
 READ_BATCH = 1000
+# pymilvus pings every 10 s even on an idle channel. A gRPC server with default keepalive rules
+# (Milvus Lite's) allows idle pings only every two hours and answers more with GOAWAY
+# "too_many_pings", after which the shared channel can fail to reconnect. Ping only during calls,
+# and no more often than the default server minimum (5 min); every call has its own deadline,
+# which is what notices a dead server.
+GRPC_OPTIONS = {"grpc.keepalive_time_ms": 300_000, "grpc.keepalive_permit_without_calls": False}
 
 
 @dataclass(frozen=True)
@@ -83,7 +89,9 @@ class MilvusTarget:
             from pymilvus import MilvusClient
 
             try:
-                self._client = MilvusClient(uri=self.uri, token=self.token or "", timeout=self.timeout)
+                self._client = MilvusClient(
+                    uri=self.uri, token=self.token or "", timeout=self.timeout, grpc_options=GRPC_OPTIONS,
+                )
             except Exception as exc:
                 raise self.explain(exc) from None
         return self._client
