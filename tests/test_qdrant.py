@@ -255,19 +255,6 @@ def test_collection_layout_and_payload_indexes(target, monkeypatch):
         target.ensure_collection(spec("docs", key_is_integer=False, columns=PAYLOAD))
 
 
-@pytest.mark.skipif(not os.environ.get("RSYNC_TEST_QDRANT_URL"), reason="set RSYNC_TEST_QDRANT_URL to a Qdrant server")
-def test_payload_indexes_exist_on_a_server():
-    target = QdrantTarget(uri=os.environ["RSYNC_TEST_QDRANT_URL"])
-    name = f"rsync_test_{uuid.uuid4().hex[:8]}"
-    try:
-        target.ensure_collection(spec(name, key_is_integer=True, columns=PAYLOAD))
-        schema = target.client.get_collection(name).payload_schema
-        assert {k: v.data_type.value for k, v in schema.items()} == EXPECTED_INDEXES
-    finally:
-        target.drop_collection(name)
-        target.close()
-
-
 def test_a_server_that_is_down_is_unavailable_so_the_runner_retries():
     uri = f"http://127.0.0.1:{free_port()}"
     target = QdrantTarget(uri=uri, timeout=5)
