@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import decimal
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+
+@contextlib.contextmanager
+def borrow_or_open(conn: Any, connect: Callable[[], Any]) -> Iterator[Any]:
+    """The caller's connection when it lends one (it stays open: it may hold a snapshot), else a
+    new one from `connect`, closed afterwards."""
+    if conn is not None:
+        yield conn
+        return
+    conn = connect()
+    try:
+        yield conn
+    finally:
+        conn.close()
 
 
 class ConnectorError(Exception):

@@ -15,7 +15,17 @@ from typing import Any
 import pymysql
 from pymysql.constants import ER
 
-from .base import Change, ChangeBatch, CheckResult, Column, ConnectorError, TableInfo, Unavailable, normalize_value
+from .base import (
+    Change,
+    ChangeBatch,
+    CheckResult,
+    Column,
+    ConnectorError,
+    TableInfo,
+    Unavailable,
+    borrow_or_open,
+    normalize_value,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -156,15 +166,10 @@ class MySQLSource:
 
     def dialect(self, conn=None) -> MySQLDialect:
         if self._dialect is None:
-            own = conn is None
-            conn = conn or self.connect()
-            try:
+            with borrow_or_open(conn, self.connect) as conn:
                 with conn.cursor() as cur:
                     cur.execute("SELECT VERSION()")
                     self._dialect = MySQLDialect.from_version_string(cur.fetchone()[0])
-            finally:
-                if own:
-                    conn.close()
         return self._dialect
 
     # -- catalog -----------------------------------------------------------------------------
@@ -183,9 +188,7 @@ class MySQLSource:
             conn.close()
 
     def describe_table(self, table: str, conn=None) -> TableInfo | None:
-        own = conn is None
-        conn = conn or self.connect()
-        try:
+        with borrow_or_open(conn, self.connect) as conn:
             with conn.cursor() as cur:
                 cur.execute(
                     "SELECT COLUMN_NAME, DATA_TYPE, IS_NULLABLE, CHARACTER_MAXIMUM_LENGTH "
@@ -207,20 +210,12 @@ class MySQLSource:
                 )
                 primary_key = [row[0] for row in cur.fetchall()]
             return TableInfo(name=table, columns=columns, primary_key=primary_key)
-        finally:
-            if own:
-                conn.close()
 
     def count_rows(self, table: TableInfo, conn=None) -> int:
-        own = conn is None
-        conn = conn or self.connect()
-        try:
+        with borrow_or_open(conn, self.connect) as conn:
             with conn.cursor() as cur:
                 cur.execute(f"SELECT COUNT(*) FROM {quote_ident(table.name)}")
                 return int(cur.fetchone()[0])
-        finally:
-            if own:
-                conn.close()
 
     # -- checks ------------------------------------------------------------------------------
 
@@ -369,9 +364,7 @@ class MySQLSource:
 
         `table` and `task_id` (the stream that starts here) matter to sources that keep state on
         the server for a stream; the binary log needs none."""
-        own = conn is None
-        conn = conn or self.connect()
-        try:
+        with borrow_or_open(conn, self.connect) as conn:
             dialect = self.dialect(conn)
             with conn.cursor(pymysql.cursors.DictCursor) as cur:
                 if dialect.is_mariadb:
@@ -379,9 +372,6 @@ class MySQLSource:
                     return {"gtid": cur.fetchone()["gtid"] or ""}
                 cur.execute(dialect.binlog_status_sql)
                 return dialect.position_from_status(cur.fetchone())
-        finally:
-            if own:
-                conn.close()
 
     def begin_snapshot(self, conn, *, table: TableInfo | None = None, task_id: int | None = None) -> dict:
         """Open a consistent snapshot on `conn` and return the binlog position it corresponds to

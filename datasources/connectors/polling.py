@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .base import Change, ChangeBatch, CheckResult, Column, ConnectorError, TableInfo, normalize_value
+from .base import Change, ChangeBatch, CheckResult, Column, ConnectorError, TableInfo, borrow_or_open, normalize_value
 
 
 class SQLiteSource:
@@ -52,27 +52,17 @@ class SQLiteSource:
             conn.close()
 
     def describe_table(self, table: str, conn=None) -> TableInfo | None:
-        own = conn is None
-        conn = conn or self.connect()
-        try:
+        with borrow_or_open(conn, self.connect) as conn:
             rows = conn.execute(f"PRAGMA table_info({self.quote(table)})").fetchall()
             if not rows:
                 return None
             columns = [Column(name=r[1], data_type=_sqlite_type(r[2]), nullable=not r[3]) for r in rows]
             primary = [r[1] for r in sorted((r for r in rows if r[5]), key=lambda r: r[5])]
             return TableInfo(name=table, columns=columns, primary_key=primary)
-        finally:
-            if own:
-                conn.close()
 
     def count_rows(self, table: TableInfo, conn=None) -> int:
-        own = conn is None
-        conn = conn or self.connect()
-        try:
+        with borrow_or_open(conn, self.connect) as conn:
             return int(conn.execute(f"SELECT COUNT(*) FROM {self.quote(table.name)}").fetchone()[0])
-        finally:
-            if own:
-                conn.close()
 
     def begin_snapshot(self, conn, **_) -> dict:
         conn.execute("BEGIN")  # a read transaction: one consistent view of the file
@@ -211,13 +201,8 @@ class PollingSource:
         return {"ts": normalize_value(watermark), "pk": None}
 
     def current_position(self, conn=None, *, table: TableInfo | None = None, task_id: int | None = None) -> dict:
-        own = conn is None
-        conn = conn or self.base.connect()
-        try:
+        with borrow_or_open(conn, self.base.connect) as conn:
             return {"ts": normalize_value(self._max_updated(conn, table or self._described)), "pk": None}
-        finally:
-            if own:
-                conn.close()
 
     # The table last described: snapshot-only runs do not pass the table to begin_snapshot.
     _described: TableInfo | None = None

@@ -24,7 +24,17 @@ import psycopg2.errorcodes
 import psycopg2.errors
 import psycopg2.extras
 
-from .base import Change, ChangeBatch, CheckResult, Column, ConnectorError, TableInfo, Unavailable, normalize_value
+from .base import (
+    Change,
+    ChangeBatch,
+    CheckResult,
+    Column,
+    ConnectorError,
+    TableInfo,
+    Unavailable,
+    borrow_or_open,
+    normalize_value,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -197,9 +207,7 @@ class PostgresSource:
         return (int(row[0]), row[1], row[2]) if row else None
 
     def describe_table(self, table: str, conn=None) -> TableInfo | None:
-        own = conn is None
-        conn = conn or self.connect()
-        try:
+        with borrow_or_open(conn, self.connect) as conn:
             found = self._resolve(conn, table)
             if found is None:
                 return None
@@ -224,20 +232,12 @@ class PostgresSource:
                 )
                 primary_key = [row[0] for row in cur.fetchall()]
             return TableInfo(name=table, columns=columns, primary_key=primary_key)
-        finally:
-            if own:
-                conn.close()
 
     def count_rows(self, table: TableInfo, conn=None) -> int:
-        own = conn is None
-        conn = conn or self.connect()
-        try:
+        with borrow_or_open(conn, self.connect) as conn:
             with conn.cursor() as cur:
                 cur.execute(f"SELECT count(*) FROM {qualified(table.name)}")
                 return int(cur.fetchone()[0])
-        finally:
-            if own:
-                conn.close()
 
     # -- checks ------------------------------------------------------------------------------
 
@@ -573,9 +573,7 @@ class PostgresSource:
         """Where the stream of task `task_id` on `table` starts now (an incremental-only sync): the
         task's slot is created here, so nothing committed from now on is missed. Without a task,
         just where the WAL ends."""
-        own = conn is None
-        conn = conn or self.connect()
-        try:
+        with borrow_or_open(conn, self.connect) as conn:
             if task_id is None:
                 with conn.cursor() as cur:
                     cur.execute("SELECT pg_current_wal_lsn()::text")
@@ -585,9 +583,6 @@ class PostgresSource:
                 return {"lsn": slot.confirmed_flush_lsn, "slot": name}
             _, row = self._create_slot(name, export=False)
             return {"lsn": row[1], "slot": name}
-        finally:
-            if own:
-                conn.close()
 
     def _prepare_replication(self, conn, table: TableInfo | None, task_id: int) -> tuple[str, SlotInfo | None]:
         """The task's publication (created first: pgoutput looks it up as of the WAL it decodes)
