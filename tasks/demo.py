@@ -492,16 +492,17 @@ def _describe_change(before: dict[str, int], after: dict[str, int]) -> str | Non
     return ", ".join(parts) + (f" ({embedded} embedded)" if embedded else "")
 
 
-class Demo:
+class DemoSession:
+    """What both demos share: the run directory's state, its private servers, and a run that
+    Ctrl-C (or SIGTERM/SIGHUP) ends cleanly wherever the main thread is."""
+
     def __init__(self, *, rows: int | None, keep_servers: bool, out: IO[str] | None = None) -> None:
         self.rows = rows
         self.keep_servers = keep_servers
         self.out = out or sys.stdout
         self.state: dict[str, Any] = {"servers": {}}
         self.servers = DemoServers()
-        self.runner: RunnerThread | None = None
         self.task: SyncTask | None = None
-        self.target: MilvusTarget | None = None
 
     def say(self, text: str = "") -> None:
         # The terminal may be gone (SIGHUP): shutting down must go on regardless.
@@ -509,8 +510,6 @@ class Demo:
             self.out.write(text + "\n")
             self.out.flush()
 
-    # The whole demo. Ctrl-C (or SIGTERM/SIGHUP) lands as KeyboardInterrupt wherever the main thread
-    # is; everything started is stopped on the way out.
     def run(self) -> None:
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
         for sig in previous:
@@ -520,8 +519,7 @@ class Demo:
         try:
             self._run()
         except KeyboardInterrupt:
-            if self.runner is not None and self.runner.publisher.line_open:
-                self.runner.publisher.end_line()
+            self._interrupted()
             self.say("\nStopping...")
         finally:
             for sig in (signal.SIGINT, *previous):
@@ -533,7 +531,8 @@ class Demo:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
 
-    def _run(self) -> None:
+    def _claim_run_dir(self) -> None:
+        """Load the run directory's state and make this process its demo (one at a time)."""
         self.state = load_state()
         other = other_demo_pid(self.state)
         if other is not None:
@@ -543,6 +542,30 @@ class Demo:
         self.state["owner_pid"] = os.getpid()
         save_state(self.state)
 
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def _interrupted(self) -> None:
+        """Tidy the terminal before "Stopping..." (a progress line may be open)."""
+
+    def _shutdown(self) -> None:
+        raise NotImplementedError
+
+
+class Demo(DemoSession):
+    """The console-less demo (`demo --no-web`): the sync runs here, searches show in the terminal."""
+
+    def __init__(self, *, rows: int | None, keep_servers: bool, out: IO[str] | None = None) -> None:
+        super().__init__(rows=rows, keep_servers=keep_servers, out=out)
+        self.runner: RunnerThread | None = None
+        self.target: MilvusTarget | None = None
+
+    def _interrupted(self) -> None:
+        if self.runner is not None and self.runner.publisher.line_open:
+            self.runner.publisher.end_line()
+
+    def _run(self) -> None:
+        self._claim_run_dir()
         self.say(f"Private servers under {demo_dir()}:")
         ensure_servers(self.servers, self.state, self.say)
         mariadb, redis, milvus = self.servers["mariadb"], self.servers["redis"], self.servers["milvus"]
@@ -912,19 +935,14 @@ def _last_seq(task_id: int) -> int:
     return 0
 
 
-class WebDemo:
+class WebDemo(DemoSession):
     """The console, a worker and beat around the demo task, in the foreground until Ctrl-C."""
 
     def __init__(self, *, rows: int | None, keep_servers: bool, port: int | None = None,
                  out: IO[str] | None = None) -> None:
-        self.rows = rows
-        self.keep_servers = keep_servers
+        super().__init__(rows=rows, keep_servers=keep_servers, out=out)
         self.port = port
-        self.out = out or sys.stdout
-        self.state: dict[str, Any] = {"servers": {}}
-        self.servers = DemoServers()
         self.children: dict[str, Child] = {}
-        self.task: SyncTask | None = None
         self.url = ""
         self.line_open = False
 
@@ -933,39 +951,12 @@ class WebDemo:
             if self.line_open:
                 self.out.write("\n")
                 self.line_open = False
-            self.out.write(text + "\n")
-            self.out.flush()
-
-    def run(self) -> None:
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
-        for sig in previous:
-            signal.signal(sig, _interrupt)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        try:
-            self._run()
-        except KeyboardInterrupt:
-            self.say("\nStopping...")
-        finally:
-            for sig in (signal.SIGINT, *previous):
-                signal.signal(sig, _still_stopping)
-            try:
-                self._shutdown()
-            finally:
-                signal.signal(signal.SIGINT, signal.default_int_handler)
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
+        super().say(text)
 
     # -- bringing it up ------------------------------------------------------------------------
 
     def _run(self) -> None:
-        self.state = load_state()
-        other = other_demo_pid(self.state)
-        if other is not None:
-            raise DemoError(
-                f"Another demo is running (pid {other}); stop it with Ctrl-C first (or `kill {other}`)."
-            )
-        self.state["owner_pid"] = os.getpid()
-        save_state(self.state)
+        self._claim_run_dir()
         self._stop_leftover_processes()
 
         self.say(f"Private servers under {demo_dir()}:")
