@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 
+import psycopg2
+import pymysql
 import redis
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import ProtectedError
@@ -49,6 +51,7 @@ class ObjectPermissions(BasePermission):
     ACTION_RIGHTS = {
         "update": "change", "partial_update": "change", "destroy": "delete",
         "start": "run", "stop": "run", "resnapshot": "run",
+        "replay_dead_letters": "run", "discard_dead_letters": "run",
     }
 
     def has_permission(self, request, view) -> bool:
@@ -125,6 +128,12 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         logger.warning("Celery broker error in the API: %s", exc)
         return Response({"detail": "Cannot reach the task queue (the Celery broker); the task is marked to run "
                                    "and starts once the broker is back."},
+                        status=status.HTTP_503_SERVICE_UNAVAILABLE)
+    if isinstance(exc, (pymysql.err.OperationalError, psycopg2.OperationalError, OSError)):
+        # A source connection that broke after it was opened (the connectors turn failures to
+        # connect into ConnectorError themselves).
+        logger.warning("source connection failed in the API: %s", exc)
+        return Response({"detail": f"The connection to the source failed: {exc}"},
                         status=status.HTTP_503_SERVICE_UNAVAILABLE)
     if isinstance(exc, ProtectedError):
         names = sorted({str(obj) for obj in exc.protected_objects})

@@ -927,12 +927,10 @@ def runner_alive(task_id: int) -> bool:
 
 
 def _last_seq(task_id: int) -> int:
-    from .events import events_after
+    from .events import latest_event
 
-    with contextlib.suppress(Exception):
-        kept = events_after(task_id, 0)
-        return kept[-1]["seq"] if kept else 0
-    return 0
+    event = latest_event(task_id)
+    return event["seq"] if event else 0
 
 
 class WebDemo(DemoSession):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import redis
 from asgiref.sync import async_to_sync
@@ -30,10 +31,11 @@ def _keys(task_id: int) -> tuple[str, str]:
 
 
 def publish(task_id: int, payload: dict, *, client: redis.Redis | None = None) -> dict:
-    """Number the event, keep it, and push it to the task's websocket group."""
+    """Number the event, stamp it (`at`, seconds since the epoch, so a page can draw history), keep
+    it, and push it to the task's websocket group."""
     seq_key, list_key = _keys(task_id)
     client = client or redis_client()
-    event = dict(payload, seq=int(client.incr(seq_key)))
+    event = dict(payload, seq=int(client.incr(seq_key)), at=round(time.time(), 3))
     pipe = client.pipeline()
     pipe.lpush(list_key, json.dumps(event))
     pipe.ltrim(list_key, 0, EVENTS_KEPT - 1)
@@ -50,6 +52,29 @@ def events_after(task_id: int, after: int = 0, *, limit: int = EVENTS_KEPT) -> l
     raw = redis_client().lrange(list_key, 0, EVENTS_KEPT - 1)
     events = [json.loads(item) for item in reversed(raw)]
     return [e for e in events if e["seq"] > after][:limit]
+
+
+def latest_event(task_id: int) -> dict | None:
+    """The newest kept event of a task, or None (also when Redis cannot be reached: pages that
+    show it must render without it)."""
+    _, list_key = _keys(task_id)
+    try:
+        raw = redis_client().lindex(list_key, 0)
+    except (redis.RedisError, OSError):
+        logger.warning("cannot read the kept events of task %s", task_id, exc_info=True)
+        return None
+    return json.loads(raw) if raw else None
+
+
+def recent_events(task_id: int, *, seconds: float) -> list[dict]:
+    """Kept events of the last `seconds`, oldest first ([] when Redis cannot be reached)."""
+    try:
+        kept = events_after(task_id, 0)
+    except (redis.RedisError, OSError):
+        logger.warning("cannot read the kept events of task %s", task_id, exc_info=True)
+        return []
+    since = time.time() - seconds
+    return [e for e in kept if (e.get("at") or 0) >= since]
 
 
 class EventPublisher:

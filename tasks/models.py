@@ -147,6 +147,9 @@ class DeadLetter(models.Model):
     row = models.JSONField()
     error = models.TextField()
     created_at = models.DateTimeField(auto_now_add=True)
+    # Set by "replay": the runner reads the row again from the source and sends it through the
+    # pipeline; the letter goes once that is written (a row that fails again gets a new letter).
+    replay_requested_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -203,6 +203,7 @@ class PreparedBatch:
     dead: list[DeadRow] = field(default_factory=list)
     last_timestamp: float | None = None
     notices: list[str] = field(default_factory=list)
+    row_keys: dict[int | str, tuple] = field(default_factory=dict)  # point key -> the source row's key
 
 
 def collapse(changes: list[Change]) -> tuple[bool, list[Change]]:
@@ -309,6 +310,7 @@ class BatchProcessor:
                 vector = list(stored[point_key][VECTOR_FIELD])
             else:
                 embedded_rows.add(change.key)
+            batch.row_keys[point_key] = change.key
             batch.upserts.append({
                 KEY_FIELD: point_key, VECTOR_FIELD: vector, TEXT_FIELD: text[:VARCHAR_MAX],
                 HASH_FIELD: digest, **payload,
@@ -359,7 +361,9 @@ class BatchProcessor:
                 raise
             except ConnectorError as exc:
                 payload = {k: v for k, v in row.items() if k not in (VECTOR_FIELD,)}
-                batch.dead.append(DeadRow([row[KEY_FIELD]], _jsonable(payload), str(exc)))
+                # The letter names the source row (what a replay reads again), not the point.
+                row_key = list(batch.row_keys.get(row[KEY_FIELD], (row[KEY_FIELD],)))
+                batch.dead.append(DeadRow(row_key, _jsonable(payload), str(exc)))
                 rejected_rows.add(row.get(ROW_KEY_FIELD, row[KEY_FIELD]))
         batch.upserts = accepted
         batch.counters.upserted -= len(rejected_rows)

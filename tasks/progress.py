@@ -71,7 +71,7 @@ class ProgressTracker:
 
     @property
     def eta(self) -> float | None:
-        if self.total is None or self.phase != "snapshot":
+        if self.total is None:  # the change stream has no end to count down to
             return None
         rate = self.rate
         return max(self.total - self.done, 0) / rate if rate > 0 else None
@@ -84,6 +84,13 @@ class ProgressTracker:
             "eta": None if self.eta is None else round(self.eta, 1),
             "lag": None if self.lag is None else round(self.lag, 3), "message": self.message,
         }
+
+    def notice(self, text: str, *, level: str = "notice") -> None:
+        """Push a message for the page's "recent errors and notices" at once (not rate-limited:
+        notices are rare and each one matters)."""
+        payload = {"type": "notice", "task": self.task_id, "run": self.run_id, "level": level, "message": text}
+        for publish in self.publishers:
+            publish(payload)
 
     def publish(self) -> None:
         payload = self.payload()
@@ -144,3 +151,27 @@ class TerminalPublisher:
             self._last = now
             self.stream.write(line + "\n")
         self.stream.flush()
+
+
+class CommandProgress:
+    """The progress bar of a long management command: done/total, rate and ETA on one line.
+
+    Call it with `(done, total)` as often as you like (it redraws at most twice a second), then
+    `finish()`. Give it the command's `self.stdout`: the bar writes to the raw stream underneath,
+    because Django's wrapper ends every write, and so every redraw, with a newline.
+    """
+
+    def __init__(self, stdout, *, phase: str) -> None:
+        self.stream = getattr(stdout, "_out", stdout)
+        self.terminal = TerminalPublisher(self.stream, every=2.0)
+        self.tracker = ProgressTracker(task_id=0, run_id=0, publishers=[self.terminal])
+        self.tracker.update(phase=phase)
+
+    def __call__(self, done: int, total: int | None = None) -> None:
+        self.tracker.update(done=done, total=total)
+
+    def finish(self) -> None:
+        self.tracker.update(status="done", force=True)
+        if self.terminal.tty:
+            self.stream.write("\n")
+            self.stream.flush()

@@ -39,6 +39,7 @@ from .progress import ProgressTracker, Publisher
 logger = logging.getLogger(__name__)
 
 STOP_POLL_INTERVAL = 0.5
+REPLAY_CHECK_INTERVAL = 2.0  # how often a streaming runner looks for dead letters to replay
 QUEUE_DEPTH = 3
 MAX_BACKOFF = 60.0
 
@@ -53,6 +54,7 @@ class WorkItem:
     commit: dict | None = None  # checkpoint fields to save once this item is in the store
     notices: list[str] = field(default_factory=list)
     heartbeat: bool = False
+    replayed: list[int] = field(default_factory=list)  # dead letters this item retries
 
 
 _END = object()
@@ -84,6 +86,7 @@ class TaskRunner:
         self.stop_event = stop_event or threading.Event()
         self._last_stop_poll = 0.0
         self.lock = None
+        self._replays_in_flight: set[int] = set()  # dead letters handed on, not yet committed
 
     # -- stopping ----------------------------------------------------------------------------
 
@@ -198,6 +201,7 @@ class TaskRunner:
                     if not self._snapshot(task, source, mapping, embedder, target, checkpoint, assume_empty):
                         return SyncRun.Status.STOPPED
                 if not task.streams:
+                    self._replay(task, source, mapping, embedder, target)
                     return SyncRun.Status.SUCCEEDED
                 self._stream(task, source, mapping, embedder, target)
                 return SyncRun.Status.STOPPED
@@ -218,6 +222,7 @@ class TaskRunner:
     def _notice(self, text: str) -> None:
         logger.warning("task %s: %s", self.task_id, text)
         self.notices.append(text)
+        self.progress.notice(text)
 
     def _reset_snapshot(self, task: SyncTask) -> Checkpoint:
         Checkpoint.objects.filter(task=task).update(
@@ -284,12 +289,18 @@ class TaskRunner:
         )
 
         def items() -> Iterator[WorkItem]:
+            replay_checked = time.monotonic()
             for batch in stream:
                 commit = {"stream_position": batch.position} if batch.position is not None else None
                 yield WorkItem(
                     batch.changes, commit=commit, notices=batch.notices,
                     heartbeat=not batch.changes and batch.position is None,
                 )
+                if time.monotonic() - replay_checked >= REPLAY_CHECK_INTERVAL:
+                    replay_checked = time.monotonic()
+                    replay = self._replay_item(source, mapping, task.batch_size)
+                    if replay is not None:
+                        yield replay
 
         processor = BatchProcessor(mapping, embedder, target)
         try:
@@ -299,6 +310,48 @@ class TaskRunner:
             )
         finally:
             stream.close()
+
+    # -- dead letters asked to be replayed ----------------------------------------------------
+
+    def _replay_item(self, source, mapping: TaskMapping, limit: int) -> WorkItem | None:
+        """The rows of dead letters marked for replay, read as they are now in the source.
+
+        Reading the source (not the row kept in the letter) means a replay never writes stale
+        data over newer changes: a row updated since is written as it is now, a row deleted
+        since is deleted from the collection.
+        """
+        letters = list(
+            DeadLetter.objects.filter(task_id=self.task_id, replay_requested_at__isnull=False)
+            .exclude(pk__in=list(self._replays_in_flight)).order_by("id").values_list("id", "key")[:limit]
+        )
+        if not letters:
+            return None
+        keys = list(dict.fromkeys(tuple(key) for _, key in letters))
+        conn = source.connect()
+        try:
+            rows = {mapping.key_of(row): row for row in source.read_keys(conn, mapping.table, [list(k) for k in keys])}
+        finally:
+            conn.close()
+        is_deleted = getattr(source, "is_deleted", None)
+        changes = []
+        for key in keys:
+            row = rows.get(key)
+            if row is None or (is_deleted is not None and is_deleted(row)):
+                changes.append(Change("delete", key, row or dict(zip(mapping.key_columns, key))))
+            else:
+                changes.append(Change("upsert", key, row))
+        ids = [pk for pk, _ in letters]
+        self._replays_in_flight.update(ids)
+        return WorkItem(changes, replayed=ids)
+
+    def _replay(self, task, source, mapping, embedder, target) -> None:
+        """Replay every marked dead letter now (a task without a change stream, after its snapshot)."""
+
+        def items() -> Iterator[WorkItem]:
+            while (item := self._replay_item(source, mapping, task.batch_size)) is not None:
+                yield item
+
+        self._run_stages(items(), BatchProcessor(mapping, embedder, target), embedder.dimension, merge=False)
 
     # -- the three stages --------------------------------------------------------------------
 
@@ -387,7 +440,7 @@ class TaskRunner:
     def _merge_available(self, first: WorkItem, read_q: queue.Queue, batch_size: int):
         """Join the items already waiting into one batch (the change stream's natural batching)."""
         changes = list(first.changes)
-        commit, notices = first.commit, list(first.notices)
+        commit, notices, replayed = first.commit, list(first.notices), list(first.replayed)
         while len(changes) < batch_size:
             try:
                 item = read_q.get_nowait()
@@ -400,10 +453,11 @@ class TaskRunner:
                 break
             changes.extend(item.changes)
             notices.extend(item.notices)
+            replayed.extend(item.replayed)
             if item.commit is not None:
                 commit = item.commit
         heartbeat = first.heartbeat and not changes
-        return WorkItem(changes, commit=commit, notices=notices, heartbeat=heartbeat)
+        return WorkItem(changes, commit=commit, notices=notices, heartbeat=heartbeat, replayed=replayed)
 
     def _commit(self, prepared: PreparedBatch | None, work: WorkItem) -> None:
         """After the store acknowledged: save the checkpoint, the counters and dead letters."""
@@ -414,6 +468,9 @@ class TaskRunner:
         with transaction.atomic():
             if work.commit:
                 Checkpoint.objects.filter(task_id=self.task_id).update(**work.commit)
+            if work.replayed:
+                # Written now; a row that failed again gets a new letter just below.
+                DeadLetter.objects.filter(pk__in=work.replayed).delete()
             if prepared is not None and prepared.dead:
                 DeadLetter.objects.bulk_create([
                     DeadLetter(task_id=self.task_id, run_id=self.progress.run_id, key=d.key, row=d.row, error=d.error)
@@ -422,6 +479,11 @@ class TaskRunner:
             SyncRun.objects.filter(pk=self.progress.run_id).update(
                 notices=self.notices, **self.counters.as_run_fields()
             )
+        self._replays_in_flight.difference_update(work.replayed)
+        if prepared is not None and prepared.dead:
+            first = prepared.dead[0]
+            more = f" (and {len(prepared.dead) - 1} more)" if len(prepared.dead) > 1 else ""
+            self.progress.notice(f"Row {first.key} went to the dead letters: {first.error}{more}", level="error")
         lag = None
         if prepared is not None and prepared.last_timestamp is not None:
             lag = max(time.time() - prepared.last_timestamp, 0.0)

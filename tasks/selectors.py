@@ -9,7 +9,7 @@ from accounts.permissions import restrict
 from datasources.connectors import source_connector
 from datasources.connectors.base import ConnectorError
 
-from .models import SyncRun, SyncTask
+from .models import DeadLetter, SyncRun, SyncTask
 
 
 def tasks_for(user, action: str = "view") -> QuerySet[SyncTask]:
@@ -23,6 +23,11 @@ def can_view_task(user, task_id: int) -> bool:
 
 def runs_for(user) -> QuerySet[SyncRun]:
     return SyncRun.objects.filter(task__in=tasks_for(user)).select_related("task")
+
+
+def dead_letters_of(task: SyncTask) -> QuerySet[DeadLetter]:
+    """A task's dead letters, newest first (the caller has checked the task may be viewed)."""
+    return task.dead_letters.order_by("-created_at", "-id")
 
 
 def latest_run(task: SyncTask) -> SyncRun | None:

@@ -1,8 +1,9 @@
-"""The verbs that change sync tasks: save, start, stop, re-snapshot."""
+"""The verbs that change sync tasks: save, start, stop, re-snapshot, replay or discard dead letters."""
 
 from __future__ import annotations
 
 from django.db import transaction
+from django.utils import timezone
 
 from accounts.services import grant_creator
 from audit import services as audit
@@ -12,7 +13,7 @@ from datasources.connectors.polling import task_source_connector
 from datasources.models import DataSource, VectorStore
 from datasources.services import check_source
 
-from .models import Checkpoint, SyncRun, SyncTask
+from .models import Checkpoint, DeadLetter, SyncRun, SyncTask
 
 TASK_FIELDS = (
     "table", "text_template", "payload_columns", "embedding_model", "collection", "mode", "batch_size",
@@ -149,3 +150,31 @@ def resnapshot_task(task: SyncTask) -> None:
         defaults={"snapshot_state": Checkpoint.SnapshotState.PENDING, "snapshot_last_key": None, "snapshot_rows": 0},
     )
     audit.record(action="resnapshot", obj=task)
+
+
+def _dead_letters(task: SyncTask, letter_ids: list[int] | None):
+    letters = DeadLetter.objects.filter(task=task)
+    return letters if letter_ids is None else letters.filter(pk__in=letter_ids)
+
+
+@transaction.atomic
+def replay_dead_letters(task: SyncTask, *, letter_ids: list[int] | None = None) -> int:
+    """Ask the runner to try these rows again (all of the task's when `letter_ids` is None).
+
+    The runner reads each row as it is now in the source, so a replay never writes stale data;
+    a row that no longer exists is removed from the collection. A task that is not running
+    replays when it next runs. Returns how many letters were marked.
+    """
+    count = _dead_letters(task, letter_ids).update(replay_requested_at=timezone.now())
+    if count:
+        audit.record(action="replay_dead_letters", obj=task, diff={"letters": count})
+    return count
+
+
+@transaction.atomic
+def discard_dead_letters(task: SyncTask, *, letter_ids: list[int] | None = None) -> int:
+    """Forget these rows' failures (all of the task's when `letter_ids` is None); returns how many."""
+    count, _ = _dead_letters(task, letter_ids).delete()
+    if count:
+        audit.record(action="discard_dead_letters", obj=task, diff={"letters": count})
+    return count

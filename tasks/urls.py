@@ -22,5 +22,10 @@ urlpatterns = [
     path("tasks/<int:pk>/resnapshot/", views.task_resnapshot, name="task-resnapshot"),
     path("tasks/<int:pk>/delete/", views.task_delete, name="task-delete"),
     path("tasks/<int:pk>/search/", views.task_search, name="task-search"),
+    path("tasks/<int:pk>/dead-letters/", views.task_dead_letters, name="task-dead-letters"),
+    path("tasks/<int:pk>/dead-letters/replay/", views.task_dead_letters_action, {"verb": "replay"},
+         name="task-dead-letters-replay"),
+    path("tasks/<int:pk>/dead-letters/discard/", views.task_dead_letters_action, {"verb": "discard"},
+         name="task-dead-letters-discard"),
     path("", include("datasources.urls")),
 ]

@@ -8,6 +8,7 @@ Views stay thin: reads through `tasks.selectors` / `tasks.lookups` (and the kept
 from __future__ import annotations
 
 import logging
+import time
 
 import redis
 from django.contrib import messages
@@ -24,31 +25,32 @@ from datasources.connectors.base import ConnectorError
 from datasources.views import require_add, sources_with_checks, stores_with_checks
 
 from . import selectors
-from .events import events_after
+from .events import latest_event, recent_events
 from .forms import CATALOG_ERRORS, TaskForm
 from .lookups import PREVIEW_ROWS, preview, search
 from .models import SyncRun, SyncTask
 from .pipeline import MappingError
 from .progress import format_duration
-from .services import TaskNotReady, TaskRunning, delete_task, resnapshot_task, start_task, stop_task
+from .services import (
+    TaskNotReady,
+    TaskRunning,
+    delete_task,
+    discard_dead_letters,
+    replay_dead_letters,
+    resnapshot_task,
+    start_task,
+    stop_task,
+)
 
 logger = logging.getLogger(__name__)
 
 RUN_HISTORY = 20
+DEAD_LETTERS_SHOWN = 20
 RECENT_MESSAGES = 10
+CHART_SECONDS = 300  # the task page's throughput and lag chart spans the last five minutes
 
 
 # -- shaping data for templates ---------------------------------------------------------------
-
-
-def latest_event(task_id: int) -> dict | None:
-    """The newest kept event of a task, or None (also when Redis cannot be reached)."""
-    try:
-        kept = events_after(task_id, 0)
-    except (redis.RedisError, OSError):
-        logger.warning("cannot read the kept events of task %s", task_id, exc_info=True)
-        return None
-    return kept[-1] if kept else None
 
 
 def run_duration(run: SyncRun) -> str:
@@ -81,6 +83,20 @@ def live_state(task: SyncTask, run: SyncRun | None, event: dict | None) -> dict:
     )
     state["eta_text"] = format_duration(state["eta"]) if state["eta"] is not None else ""
     return state
+
+
+def chart_history(task_id: int) -> list[dict]:
+    """Rate and lag of the last minutes from the kept events, so the chart is not empty after a reload."""
+    points = []
+    for event in recent_events(task_id, seconds=CHART_SECONDS):
+        if event.get("type", "progress") != "progress":
+            continue
+        running = event.get("status") in SyncRun.ACTIVE
+        points.append({
+            "at": event["at"], "rate": (event.get("rate") or 0) if running else 0,
+            "lag": event.get("lag") if running else None,
+        })
+    return points
 
 
 def rows_synced(counters: dict[str, int]) -> int:
@@ -205,12 +221,21 @@ def task_preview(request: HttpRequest) -> HttpResponse:
 # -- the task page ----------------------------------------------------------------------------
 
 
+def dead_letter_context(task: SyncTask, user) -> dict:
+    letters = selectors.dead_letters_of(task)
+    return {"task": task, "dead_letters": letters[:DEAD_LETTERS_SHOWN], "dead_letter_count": letters.count(),
+            "can": task_rights(user, task)}
+
+
 def _task_context(request: HttpRequest, task: SyncTask) -> dict:
     run = selectors.latest_run(task)
     event = latest_event(task.pk)
+    live = live_state(task, run, event)
+    live["history"], live["server_time"] = chart_history(task.pk), time.time()
     return {
+        **dead_letter_context(task, request.user),
         "task": task, "run": run, "summary": task_summary(task, request.user),
-        "live": live_state(task, run, event), "recent": recent_messages(run),
+        "live": live, "recent": recent_messages(run),
         "runs": run_rows(task, request.user), "counters": SyncRun.COUNTERS,
         "ws_path": f"/ws/tasks/{task.pk}/", "events_url": f"/api/tasks/{task.pk}/events/",
         "can": task_rights(request.user, task),
@@ -280,7 +305,8 @@ def task_delete(request: HttpRequest, pk: int) -> HttpResponse:
     if request.method == "POST":
         try:
             delete_task(task)
-        except TaskRunning as exc:
+        except (TaskRunning, ConnectorError) as exc:
+            # ConnectorError: a PostgreSQL task whose slot cannot be dropped (server down) stays.
             messages.error(request, str(exc))
             return redirect("console:task-detail", pk=task.pk)
         messages.success(request, f"Task {task.name} was deleted; its collection {task.collection} stays in the store.")
@@ -290,6 +316,32 @@ def task_delete(request: HttpRequest, pk: int) -> HttpResponse:
         "explanation": f"This deletes the task with its run history and checkpoint. The collection {task.collection} "
                        f"stays in {task.store.name}.",
     })
+
+
+@login_required
+@require_GET
+def task_dead_letters(request: HttpRequest, pk: int) -> HttpResponse:
+    """The dead-letter list (htmx refresh)."""
+    task = _task(request, pk)
+    return render(request, "console/tasks/_dead_letters.html", dead_letter_context(task, request.user))
+
+
+@login_required
+@require_POST
+def task_dead_letters_action(request: HttpRequest, pk: int, verb: str) -> HttpResponse:
+    """Replay or discard one dead letter (`letter` in the form) or all of them."""
+    task = _task(request, pk, "run")
+    letter = request.POST.get("letter", "")
+    ids = [int(letter)] if letter.isdigit() else None
+    if verb == "replay":
+        count = replay_dead_letters(task, letter_ids=ids)
+        running = task.desired_state == SyncTask.DesiredState.RUNNING
+        when = "within seconds" if running else "when the task next runs: start it"
+        messages.success(request, f"{count} row(s) will be read again from the source and written {when}.")
+    else:
+        count = discard_dead_letters(task, letter_ids=ids)
+        messages.success(request, f"Discarded {count} dead letter(s).")
+    return redirect(reverse("console:task-detail", args=[task.pk]) + "#dead-letters")
 
 
 @login_required

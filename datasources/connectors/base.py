@@ -25,6 +25,15 @@ def borrow_or_open(conn: Any, connect: Callable[[], Any]) -> Iterator[Any]:
         conn.close()
 
 
+def key_match_sql(key_columns: list[str], count: int, mark: str = "%s") -> str:
+    """A WHERE condition matching `count` primary keys: `k IN (...)`, or row values for a
+    composite key (MySQL, MariaDB, PostgreSQL and SQLite all take `(a, b) IN ((..), (..))`)."""
+    if len(key_columns) == 1:
+        return f"{key_columns[0]} IN ({', '.join([mark] * count)})"
+    one = f"({', '.join([mark] * len(key_columns))})"
+    return f"({', '.join(key_columns)}) IN ({', '.join([one] * count)})"
+
+
 class ConnectorError(Exception):
     """A failure a user can act on; the message is shown to them as it is."""
 

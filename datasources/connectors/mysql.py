@@ -24,6 +24,7 @@ from .base import (
     TableInfo,
     Unavailable,
     borrow_or_open,
+    key_match_sql,
     normalize_value,
 )
 
@@ -415,6 +416,18 @@ class MySQLSource:
         names = [c.name for c in table.columns]
         with conn.cursor() as cur:
             cur.execute(sql, params)
+            return [dict(zip(names, row)) for row in cur.fetchall()]
+
+    def read_keys(self, conn, table: TableInfo, keys: list[list]) -> list[dict[str, Any]]:
+        """The rows with these primary keys as they are now (missing keys are simply absent)."""
+        if not keys:
+            return []
+        columns = ", ".join(quote_ident(c.name) for c in table.columns)
+        where = key_match_sql([quote_ident(k) for k in table.primary_key], len(keys))
+        names = [c.name for c in table.columns]
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT {columns} FROM {quote_ident(table.name)} WHERE {where}",
+                        [value for key in keys for value in key])
             return [dict(zip(names, row)) for row in cur.fetchall()]
 
     # -- change stream -----------------------------------------------------------------------

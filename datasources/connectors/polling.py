@@ -16,7 +16,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .base import Change, ChangeBatch, CheckResult, Column, ConnectorError, TableInfo, borrow_or_open, normalize_value
+from .base import (
+    Change,
+    ChangeBatch,
+    CheckResult,
+    Column,
+    ConnectorError,
+    TableInfo,
+    borrow_or_open,
+    key_match_sql,
+    normalize_value,
+)
 
 
 class SQLiteSource:
@@ -70,6 +80,17 @@ class SQLiteSource:
 
     def read_chunk(self, conn, table: TableInfo, *, after_key: list | None, limit: int) -> list[dict[str, Any]]:
         return _keyset_page(self, conn, table, order=table.primary_key, after=after_key, limit=limit)
+
+    def read_keys(self, conn, table: TableInfo, keys: list[list]) -> list[dict[str, Any]]:
+        """The rows with these primary keys as they are now (missing keys are simply absent)."""
+        if not keys:
+            return []
+        columns = ", ".join(self.quote(c.name) for c in table.columns)
+        where = key_match_sql([self.quote(k) for k in table.primary_key], len(keys), self.placeholder)
+        names = [c.name for c in table.columns]
+        rows = conn.execute(f"SELECT {columns} FROM {self.quote(table.name)} WHERE {where}",
+                            [value for key in keys for value in key]).fetchall()
+        return [dict(zip(names, row)) for row in rows]
 
     def check(self, *, table: str | None = None, required_columns: dict | None = None, **_) -> list[CheckResult]:
         try:
@@ -152,6 +173,10 @@ class PollingSource:
 
     def __getattr__(self, item):  # catalog and snapshot reads are the base connector's
         return getattr(self.base, item)
+
+    def is_deleted(self, row: dict[str, Any]) -> bool:
+        """A row marked deleted in the soft-delete column (the only deletes polling can see)."""
+        return bool(self.soft_delete) and row.get(self.soft_delete) not in (None, 0, False, "", "0")
 
     def check(self, *, table: str | None = None, required_columns: dict | None = None, **_) -> list[CheckResult]:
         try:
@@ -254,8 +279,7 @@ class PollStream:
             changes = []
             for row in rows:
                 key = tuple(normalize_value(row[k]) for k in table.primary_key)
-                deleted = source.soft_delete and row.get(source.soft_delete) not in (None, 0, False, "", "0")
-                changes.append(Change("delete" if deleted else "upsert", key, row))
+                changes.append(Change("delete" if source.is_deleted(row) else "upsert", key, row))
             last = rows[-1]
             after = [last[c] for c in order]
             stamp = normalize_value(last[source.updated_at])

@@ -135,7 +135,7 @@
     setTimeout(render, 0);
   }
 
-  function addMessage(level, text) {
+  function addMessage(level, text, at) {
     var list = byId("progress-messages");
     if (!list || !text) return;
     var empty = list.querySelector(".m-empty");
@@ -143,7 +143,7 @@
     var li = document.createElement("li");
     li.className = "m-" + level;
     var time = document.createElement("time");
-    time.textContent = new Date().toLocaleTimeString([], { hour12: false });
+    time.textContent = (isNum(at) ? new Date(at * 1000) : new Date()).toLocaleTimeString([], { hour12: false });
     li.appendChild(time);
     li.appendChild(document.createTextNode(" " + text));
     list.insertBefore(li, list.firstChild);
@@ -178,7 +178,7 @@
     panel.setAttribute("data-last-seq", String(seq));
 
     if (event.type && event.type !== "progress") {
-      if (event.message) addMessage(event.type === "error" ? "error" : "notice", event.message);
+      if (event.message) addMessage(event.level === "error" || event.type === "error" ? "error" : "notice", event.message, event.at);
       return;
     }
     var before = { status: state.status, run: state.run };
@@ -200,7 +200,7 @@
       });
     }
     var message = event.message || "";
-    if (message && message !== lastMessage) addMessage(event.status === "failed" ? "error" : "notice", message);
+    if (message && message !== lastMessage) addMessage(event.status === "failed" ? "error" : "notice", message, event.at);
     lastMessage = message;
     scheduleRender();
     if (state.status !== before.status || state.run !== before.run) refreshFragments();
@@ -366,7 +366,19 @@
 
   // -- start -----------------------------------------------------------------------------------
 
+  // The chart's past: the kept events of the last minutes (their `at` is the server's clock).
+  function seedChart() {
+    var history = state.history || [];
+    var offset = isNum(state.server_time) ? Date.now() - state.server_time * 1000 : 0;
+    history.forEach(function (point) {
+      if (!isNum(point.at)) return;
+      samples.push({ t: point.at * 1000 + offset, rate: isNum(point.rate) ? point.rate : 0, lag: point.lag });
+    });
+    delete state.history;
+  }
+
   render();
+  seedChart();
   sample();
   setInterval(sample, SAMPLE_MS);
   if ("WebSocket" in window && wsPath) {

@@ -196,8 +196,22 @@ class DeadLetterSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = DeadLetter
-        fields = ["id", "task", "run", "key", "row", "error", "created_at"]
+        fields = ["id", "task", "run", "key", "row", "error", "created_at", "replay_requested_at"]
         read_only_fields = fields
+
+
+class DeadLetterSelectionSerializer(serializers.Serializer):
+    """Which dead letters an action applies to; without `ids`, all of the task's."""
+
+    ids = serializers.ListField(
+        child=serializers.IntegerField(min_value=1), required=False, allow_empty=False,
+        help_text="Dead letter ids of this task; leave out for all of them.",
+    )
+
+
+class DeadLetterActionSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+    count = serializers.IntegerField(help_text="How many dead letters the action applied to.")
 
 
 class PreviewRowSerializer(serializers.Serializer):

@@ -29,8 +29,19 @@ from ..lookups import preview, search
 from ..models import SyncRun, SyncTask
 from ..pipeline import MappingError
 from ..selectors import runs_for, tasks_for
-from ..services import TaskNotReady, TaskRunning, delete_task, resnapshot_task, start_task, stop_task
+from ..services import (
+    TaskNotReady,
+    TaskRunning,
+    delete_task,
+    discard_dead_letters,
+    replay_dead_letters,
+    resnapshot_task,
+    start_task,
+    stop_task,
+)
 from .serializers import (
+    DeadLetterActionSerializer,
+    DeadLetterSelectionSerializer,
     DeadLetterSerializer,
     EventsQuerySerializer,
     PreviewRowSerializer,
@@ -184,6 +195,31 @@ class SyncTaskViewSet(APIViewMixin, viewsets.ModelViewSet):
         letters = self.get_object().dead_letters.order_by("-created_at", "-id")
         page = self.paginate_queryset(letters)
         return self.get_paginated_response(DeadLetterSerializer(page, many=True).data)
+
+    def _dead_letter_ids(self, request: Request) -> list[int] | None:
+        selection = DeadLetterSelectionSerializer(data=request.data)
+        selection.is_valid(raise_exception=True)
+        return selection.validated_data.get("ids")
+
+    @extend_schema(request=DeadLetterSelectionSerializer, responses={202: DeadLetterActionSerializer, 400: BAD})
+    @action(detail=True, methods=["post"], url_path="dead-letters/replay", url_name="dead-letters-replay",
+            filter_backends=[])
+    def replay_dead_letters(self, request: Request, pk: str | None = None) -> Response:
+        """Try rows again: the runner reads each one as it is now in the source and writes it (a running
+        task within seconds, a stopped one when it next runs); the letter goes once the row is written."""
+        task = self.get_object()
+        count = replay_dead_letters(task, letter_ids=self._dead_letter_ids(request))
+        when = "within seconds" if task.desired_state == SyncTask.DesiredState.RUNNING else "when the task next runs"
+        return Response({"detail": f"{count} dead letter(s) will be replayed {when}.", "count": count},
+                        status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=DeadLetterSelectionSerializer, responses={200: DeadLetterActionSerializer, 400: BAD})
+    @action(detail=True, methods=["post"], url_path="dead-letters/discard", url_name="dead-letters-discard",
+            filter_backends=[])
+    def discard_dead_letters(self, request: Request, pk: str | None = None) -> Response:
+        """Forget rows' failures without trying them again."""
+        count = discard_dead_letters(self.get_object(), letter_ids=self._dead_letter_ids(request))
+        return Response({"detail": f"{count} dead letter(s) discarded.", "count": count})
 
 
 class SyncRunViewSet(APIViewMixin, viewsets.ReadOnlyModelViewSet):

@@ -6,23 +6,17 @@ from django.core.management.base import BaseCommand, CommandError
 
 from audit.models import AuditEvent
 from audit.services import verify_chain
-from tasks.progress import TerminalPublisher
+from tasks.progress import CommandProgress
 
 
 class Command(BaseCommand):
     help = "Verify the audit log's hash chain."
 
     def handle(self, *args, **options):
-        bar = TerminalPublisher(self.stdout, every=2.0)
         total = AuditEvent.objects.count()
-
-        def progress(done: int, count: int) -> None:
-            if done % 5000 == 0 or done == count:
-                bar({"phase": "verify", "status": "running", "done": done, "total": count, "rate": 0.0,
-                     "eta": None, "lag": None, "counters": {}})
-
-        problems = verify_chain(progress=progress)
-        self.stdout.write("")
+        bar = CommandProgress(self.stdout, phase="verify")
+        problems = verify_chain(progress=bar)
+        bar.finish()
         if problems:
             for problem in problems:
                 self.stderr.write(f"TAMPERED: {problem.reason}")
