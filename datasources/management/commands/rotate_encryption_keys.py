@@ -22,7 +22,7 @@ class Command(BaseCommand):
         try:
             counts = rotate_encryption_keys(progress=progress)
         except SecretDecryptionError as exc:
-            raise CommandError(f"Rotation stopped: {exc}. Nothing after that secret was changed.") from None
+            raise CommandError(f"Rotation stopped: {exc}. Nothing was changed.") from None
         self.stdout.write("")
         for label, count in counts.items():
             self.stdout.write(f"{label}: {count} re-encrypted")
