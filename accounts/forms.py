@@ -12,6 +12,7 @@ from audit.context import client_ip
 
 from . import throttle
 from .selectors import find_principal
+from .services import record_failed_sign_in
 
 
 class ThrottledLoginMixin:
@@ -22,6 +23,8 @@ class ThrottledLoginMixin:
         ip = client_ip(self.request) if self.request is not None else None
         wait = throttle.locked_for(username, ip)
         if wait:
+            # authenticate() is never called, so Django sends no user_login_failed: record it here.
+            record_failed_sign_in(username=username, request=self.request, reason="throttled")
             minutes = max(round(wait / 60), 1)
             raise forms.ValidationError(
                 f"Too many failed sign-ins. Try again in about {minutes} minute{'s' if minutes > 1 else ''}.",

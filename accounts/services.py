@@ -56,8 +56,12 @@ def _group_perms(group: Group, obj) -> list[str]:
     return list(get_group_perms(group, obj))
 
 
+@transaction.atomic
 def grant_creator(obj) -> None:
-    """Whoever creates an object without model-wide rights (an Operator) may manage it."""
+    """Whoever creates an object without model-wide rights (an Operator) may manage it.
+
+    Called by the service that creates `obj`, inside its transaction; the grant is recorded like
+    any other."""
     actor = audit_context.current().actor
     if actor is None or not getattr(actor, "is_authenticated", False):
         return
@@ -65,6 +69,25 @@ def grant_creator(obj) -> None:
         return  # Admins already manage everything
     for codename in _codenames(obj, "manage"):
         assign_perm(codename, actor, obj)
+    audit.record(action="grant", obj=obj, diff={"to": f"user {actor.get_username()}", "level": "manage",
+                                                "reason": "creator"})
+
+
+@transaction.atomic
+def record_failed_sign_in(*, username: str, request=None, reason: str = "") -> None:
+    """Record a refused sign-in: a wrong password (from Django's `user_login_failed`) or an attempt
+    the throttle turned away before any password was checked (`reason="throttled"`)."""
+    username = str(username)[:150]
+    user = User.objects.filter(username=username).first()
+    context = None
+    if request is not None:  # an unauthenticated attempt: no actor, whatever the session holds
+        base = audit_context.AuditContext.from_request(request)
+        context = audit_context.AuditContext(ip_address=base.ip_address, user_agent=base.user_agent,
+                                             request_id=base.request_id)
+    audit.record(
+        action="login_failed", object_type="auth.user", object_id=str(user.pk) if user else "",
+        object_label=username, actor=None, context=context, diff={"reason": reason} if reason else None,
+    )
 
 
 @transaction.atomic

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from django.contrib.auth import get_user_model
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
 from django.dispatch import receiver
+
+from accounts.services import record_failed_sign_in
 
 from . import services
 from .context import AuditContext
@@ -31,9 +32,4 @@ def on_logout(sender, request, user, **kwargs) -> None:
 
 @receiver(user_login_failed)
 def on_login_failed(sender, credentials, request=None, **kwargs) -> None:
-    username = str(credentials.get("username", ""))[:150]
-    user = get_user_model().objects.filter(username=username).first()
-    services.record(
-        action="login_failed", object_type="auth.user", object_id=str(user.pk) if user else "",
-        object_label=username, actor=None, context=_context(request),
-    )
+    record_failed_sign_in(username=credentials.get("username", ""), request=request)

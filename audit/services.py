@@ -58,8 +58,9 @@ def record(
             created_at=timezone.now(), actor=actor if getattr(actor, "pk", None) else None,
             actor_name=getattr(actor, "get_username", lambda: "")() if actor is not None else "system",
             action=action, object_type=object_type, object_id=object_id, object_label=object_label[:255],
-            diff=diff or {}, ip_address=ctx.ip_address, user_agent=ctx.user_agent, request_id=ctx.request_id,
-            prev_hash=head.last_hash,
+            diff=diff or {}, user_agent=ctx.user_agent, request_id=ctx.request_id, prev_hash=head.last_hash,
+            # Normalised as the column stores it, so the hash matches what is read back.
+            ip_address=audit_context.normalise_ip(ctx.ip_address),
         )
         event.hash = event.compute_hash()
         event.save()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from django.db import transaction
 from django.utils import timezone
 
@@ -17,6 +19,8 @@ STORE_FIELDS = ("kind", "uri")
 # Secrets are audited as "changed" only: the diff compares their envelopes, never shows them.
 AUDITED_SOURCE_FIELDS = ("name", *SOURCE_FIELDS, "password")
 AUDITED_STORE_FIELDS = ("name", *STORE_FIELDS, "token")
+
+logger = logging.getLogger(__name__)
 
 
 class InUse(Exception):
@@ -147,29 +151,51 @@ def encrypted_fields() -> list[tuple[type, str]]:
 def rotate_encryption_keys(*, progress=None) -> dict[str, int]:
     """Re-encrypt every secret under the primary (first) key; returns counts per model.
 
-    Each row is re-encrypted in its own small transaction, so a rotation interrupted half-way
-    leaves every secret readable (old rows under the old key, which is still configured).
+    All or nothing, in one transaction with its audit entry: a secret that does not decrypt (its
+    key is not configured) stops the rotation with nothing changed, so no rotation is ever half
+    done and the audit log never misses re-encrypted rows. The failed attempt is recorded too.
+    Secrets are few (one per source, store and embedding model), so the transaction is short.
     """
     from . import crypto
 
     ring = crypto.keyring()
+    label = f"primary key {ring.primary_id}"
+    try:
+        with transaction.atomic():
+            counts = _re_encrypt(ring, progress)
+            audit.record(action="rotate_keys", object_type="encryption", object_label=label,
+                         diff={"re_encrypted": counts})
+    except Exception as exc:
+        _record_failed_rotation(label, exc)
+        raise
+    return counts
+
+
+def _re_encrypt(ring, progress) -> dict[str, int]:
     targets = encrypted_fields()
-    total = sum(model.objects.exclude(**{name: ""}).count() for model, name in targets)
+    # Read first, then write: updating rows while a cursor walks the same table is unsafe on SQLite.
+    rows = {(model, name): list(model.objects.exclude(**{name: ""}).values_list("pk", name)) for model, name in targets}
+    total = sum(len(found) for found in rows.values())
     done, counts = 0, {}
-    for model, name in targets:
+    for (model, name), found in rows.items():
         label = f"{model._meta.label}.{name}"
         counts[label] = 0
-        for pk, envelope in model.objects.exclude(**{name: ""}).values_list("pk", name).iterator():
+        for pk, envelope in found:
             done += 1
             if ring.key_id_of(envelope) != ring.primary_id:
-                with transaction.atomic():
-                    model.objects.filter(pk=pk, **{name: envelope}).update(
-                        **{name: ring.encrypt(ring.decrypt(envelope))}
-                    )
+                # Conditional on the envelope read above: a secret changed meanwhile is left as saved.
+                model.objects.filter(pk=pk, **{name: envelope}).update(**{name: ring.encrypt(ring.decrypt(envelope))})
                 counts[label] += 1
             if progress:
                 progress(done, total)
-    with transaction.atomic():
-        audit.record(action="rotate_keys", object_type="encryption", object_label=f"primary key {ring.primary_id}",
-                     diff={"re_encrypted": counts})
     return counts
+
+
+def _record_failed_rotation(label: str, exc: Exception) -> None:
+    """Record a rotation that stopped (and changed nothing), without hiding why it stopped."""
+    try:
+        with transaction.atomic():
+            audit.record(action="rotate_keys_failed", object_type="encryption", object_label=label,
+                         diff={"error": f"{type(exc).__name__}: {exc}"[:500]})
+    except Exception:
+        logger.exception("could not record the failed key rotation in the audit log")

@@ -112,6 +112,15 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
     if os.environ.get("RSYNC_TEST_DATABASE"):
         DATABASES["default"]["TEST"] = {"NAME": os.environ["RSYNC_TEST_DATABASE"]}
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.mysql":
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("charset", "utf8mb4")
+    try:
+        import MySQLdb  # noqa: F401 -- mysqlclient, when installed, is Django's own choice
+    except ImportError:
+        # PyMySQL is already a requirement (the binlog reader uses it) and needs no C compiler.
+        import pymysql
+
+        pymysql.install_as_MySQLdb()
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

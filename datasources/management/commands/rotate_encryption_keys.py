@@ -17,7 +17,7 @@ class Command(BaseCommand):
         try:
             counts = rotate_encryption_keys(progress=bar)
         except SecretDecryptionError as exc:
-            raise CommandError(f"Rotation stopped: {exc}. Nothing after that secret was changed.") from None
+            raise CommandError(f"Rotation stopped: {exc}. Nothing was changed.") from None
         finally:
             bar.finish()
         for label, count in counts.items():
