@@ -151,6 +151,23 @@ def test_a_throttled_sign_in_is_recorded(client, alice, redis_server, settings):
     call_command("verify_audit")
 
 
+def test_a_throttled_api_token_request_is_recorded(client, alice, redis_server, settings):
+    from accounts import throttle
+
+    settings.RSYNC_LOGIN_MAX_FAILURES = 1
+    ip = "198.51.100.24"
+    throttle.record_success("alice", ip)  # other tests' failed sign-ins as alice are in the same Redis
+    assert client.post("/api/auth/token/", {"username": "alice", "password": "wrong"},
+                       REMOTE_ADDR=ip).status_code == 400
+    response = client.post("/api/auth/token/", {"username": "alice", "password": "correct-horse-battery"},
+                           REMOTE_ADDR=ip)
+    assert response.status_code == 429
+    events = list(AuditEvent.objects.order_by("id"))
+    assert [(e.action, e.diff, e.ip_address) for e in events] == [
+        ("login_failed", {}, ip), ("login_failed", {"reason": "throttled"}, ip),
+    ]
+
+
 # -- addresses as the column stores them -----------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ from rest_framework.response import Response
 import datasources.api.views  # noqa: F401  (registers sources and stores)
 import tasks.api.views  # noqa: F401  (registers tasks and runs)
 from accounts import throttle
+from accounts.services import record_failed_sign_in
 from audit.context import client_ip
 
 
@@ -29,6 +30,8 @@ class TokenView(ObtainAuthToken):
         ip = client_ip(request)
         wait = throttle.locked_for(username, ip)
         if wait:
+            # The Django request: DRF's would authenticate again (a bad header would raise here).
+            record_failed_sign_in(username=username, request=request._request, reason="throttled")
             return Response({"detail": f"Too many failed attempts; try again in {wait} seconds."},
                             status=status.HTTP_429_TOO_MANY_REQUESTS, headers={"Retry-After": str(wait)})
         try:
