@@ -126,6 +126,12 @@ class SentenceTransformerEmbedder(Vectorizer):
     def count_tokens(self, text: str) -> int:
         return len(self.model.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Tokens each text takes in the model, special tokens included (compare with `max_tokens`:
+        the model embeds only that many and silently drops the rest)."""
+        encoded = self.model.tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]
+        return [len(ids) for ids in encoded]
+
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         """Character spans of the text's tokens, for cutting it into chunks of whole tokens."""
         encoded = self.model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)

@@ -13,7 +13,7 @@ from datasources.connectors.milvus import TEXT_FIELD
 from datasources.embedders import vectorizer_for_task
 from datasources.models import DataSource, VectorStore
 
-from .pipeline import MappingError, TaskMapping
+from .pipeline import Chunker, MappingError, TaskMapping
 
 PREVIEW_ROWS = 5
 
@@ -24,9 +24,11 @@ class PreviewRow:
     text: str
     payload: dict
     error: str = ""
+    notice: str = ""  # e.g. the text is longer than the model takes
 
     def as_dict(self) -> dict:
-        return {"key": self.key, "text": self.text, "payload": self.payload, "error": self.error}
+        return {"key": self.key, "text": self.text, "payload": self.payload, "error": self.error,
+                "notice": self.notice}
 
 
 def table_catalog(source: DataSource) -> dict[str, list[dict]]:
@@ -68,7 +70,29 @@ def preview(task, *, limit: int = PREVIEW_ROWS) -> list[PreviewRow]:
             out.append(PreviewRow(key, mapping.render(row), mapping.payload(row)))
         except (KeyError, ValueError, TypeError) as exc:
             out.append(PreviewRow(key, "", {}, error=str(exc)))
+    _note_length(task, mapping, [r for r in out if not r.error])
     return out
+
+
+def _note_length(task, mapping: TaskMapping, rows: list[PreviewRow]) -> None:
+    """Say how the model takes each text: in how many chunks, or whether it is cut."""
+    if not rows or mapping.structured_columns is not None:
+        return
+    embedder = vectorizer_for_task(task)
+    if mapping.chunking:
+        chunker = Chunker(embedder, mapping.chunk_size, mapping.chunk_overlap)
+        for row in rows:
+            pieces = len(chunker.split(row.text))
+            if pieces > 1:
+                row.notice = f"Stored as {pieces} chunks of up to {mapping.chunk_size} tokens."
+        return
+    counts = getattr(embedder, "token_counts", None)
+    if counts is None or not embedder.max_tokens:
+        return
+    for row, tokens in zip(rows, counts([r.text for r in rows])):
+        if tokens > embedder.max_tokens:
+            row.notice = (f"{tokens} tokens: the model embeds only the first {embedder.max_tokens}. "
+                          "Set a chunk size to embed all of it.")
 
 
 def search(task, query: str, *, limit: int = 10) -> list[dict]:

@@ -204,6 +204,7 @@ class PreparedBatch:
     last_timestamp: float | None = None
     notices: list[str] = field(default_factory=list)
     row_keys: dict[int | str, tuple] = field(default_factory=dict)  # point key -> the source row's key
+    truncated: list[tuple] = field(default_factory=list)  # rows whose text the model could not take whole
 
 
 def collapse(changes: list[Change]) -> tuple[bool, list[Change]]:
@@ -285,6 +286,9 @@ class BatchProcessor:
             known = stored.get(point_key)
             if known is None or known.get(HASH_FIELD) != digest:
                 to_embed.setdefault(digest, text)
+        if to_embed and not mapping.chunking:
+            too_long = self._too_long(to_embed)
+            batch.truncated = [c.key for _, c, _, digest, _ in pending if digest in too_long]
         vectors: dict[str, list[float]] = {}
         rejected: dict[str, str] = {}
         if to_embed:
@@ -324,6 +328,18 @@ class BatchProcessor:
         batch.counters.upserted = len(written_rows)
         batch.counters.failed = len(batch.dead)
         return batch
+
+    def _too_long(self, texts: dict[str, str]) -> set[str]:
+        """Hashes of the texts longer than the model takes (it embeds only their beginning).
+
+        Only for models whose tokenizer we have; chunking tasks cut text to fit instead.
+        """
+        counts = getattr(self.embedder, "token_counts", None)
+        limit = self.embedder.max_tokens
+        if counts is None or not limit:
+            return set()
+        digests = list(texts)
+        return {d for d, n in zip(digests, counts([texts[d] for d in digests])) if n > limit}
 
     def write(self, batch: PreparedBatch, spec_dimension: int = 0) -> None:
         """Apply the batch; returns only when the store acknowledged every write.

@@ -87,6 +87,7 @@ class TaskRunner:
         self._last_stop_poll = 0.0
         self.lock = None
         self._replays_in_flight: set[int] = set()  # dead letters handed on, not yet committed
+        self._truncated_rows = 0  # rows whose text was longer than the model takes, this run
 
     # -- stopping ----------------------------------------------------------------------------
 
@@ -146,6 +147,7 @@ class TaskRunner:
             table = source.describe_table(task.table)
             mapping = TaskMapping.build(task, table)
             embedder = vectorizer_for_task(task)
+            self._model_tokens = embedder.max_tokens
             target = target_connector(task.store)
             status = self._loop(task, run, source, mapping, embedder, target)
             self._finish(run, status)
@@ -171,6 +173,9 @@ class TaskRunner:
         return SyncRun.objects.create(task=task, **fields)
 
     def _finish(self, run: SyncRun, status: str, error: str = "") -> None:
+        if self._truncated_rows > 1:
+            self._notice(f"In all, {self._truncated_rows} rows had more text than the model takes and were "
+                         "embedded from their beginning only.")
         SyncRun.objects.filter(pk=run.pk).update(
             status=status, finished_at=timezone.now(), error=error, notices=self.notices,
             **self.counters.as_run_fields(),
@@ -480,6 +485,14 @@ class TaskRunner:
                 notices=self.notices, **self.counters.as_run_fields()
             )
         self._replays_in_flight.difference_update(work.replayed)
+        if prepared is not None and prepared.truncated:
+            if not self._truncated_rows:
+                self._notice(
+                    f"Row {list(prepared.truncated[0])} has more text than the model takes "
+                    f"({self._model_tokens} tokens); only the beginning is embedded. "
+                    "Set a chunk size to embed long text whole."
+                )
+            self._truncated_rows += len(prepared.truncated)
         if prepared is not None and prepared.dead:
             first = prepared.dead[0]
             more = f" (and {len(prepared.dead) - 1} more)" if len(prepared.dead) > 1 else ""

@@ -221,6 +221,10 @@ class PreviewRowSerializer(serializers.Serializer):
     text = serializers.CharField(help_text="The text that would be embedded.")
     payload = serializers.DictField(help_text="The payload that would be stored.")
     error = serializers.CharField(help_text="Why this row could not be rendered (empty when it could).")
+    notice = serializers.CharField(
+        help_text="How the model takes the text: cut when it is longer than the model takes, or in how many "
+                  "chunks (empty when it takes it whole)."
+    )
 
 
 class SearchHitSerializer(serializers.Serializer):
