@@ -333,7 +333,7 @@ def test_a_user_syncs_a_table_and_searches_it_in_the_browser(
         page.wait_for_load_state("load")
         points = page.locator("#chart-rate").get_attribute("points") or ""
         assert len(points.split()) >= 3, f"the chart is empty after a reload: {points!r}"
-        assert max(float(p.split(",")[1]) for p in points.split()) < 172, "no throughput drawn"
+        assert min(float(p.split(",")[1]) for p in points.split()) < 172, "no throughput drawn"
 
         # At a phone's width every part of the page still fits (wide tables scroll inside their box).
         page.set_viewport_size({"width": 390, "height": 844})
