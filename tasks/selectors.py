@@ -9,7 +9,7 @@ from accounts.permissions import restrict
 from datasources.connectors import source_connector
 from datasources.connectors.base import ConnectorError
 
-from .models import SyncRun, SyncTask
+from .models import DeadLetter, SyncRun, SyncTask
 
 
 def tasks_for(user, action: str = "view") -> QuerySet[SyncTask]:
@@ -23,6 +23,11 @@ def can_view_task(user, task_id: int) -> bool:
 
 def runs_for(user) -> QuerySet[SyncRun]:
     return SyncRun.objects.filter(task__in=tasks_for(user)).select_related("task")
+
+
+def dead_letters_for(user) -> QuerySet[DeadLetter]:
+    """Dead letters hold row data: a user sees those of the tasks they may see, no others."""
+    return DeadLetter.objects.filter(task__in=tasks_for(user)).select_related("task")
 
 
 def latest_run(task: SyncTask) -> SyncRun | None:
