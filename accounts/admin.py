@@ -195,6 +195,8 @@ class AuditedUserAdmin(ServiceAdminMixin, NotFoundAdminMixin, UserAdmin):
         return allowed and (obj is None or selectors.may_administer(request.user, obj))
 
     def has_delete_permission(self, request, obj=None) -> bool:
+        if obj is not None and obj.pk == request.user.pk:
+            return False  # nobody deletes themselves (as nobody disables themselves in the console)
         allowed = super().has_delete_permission(request, obj)
         return allowed and (obj is None or selectors.may_administer(request.user, obj))
 
@@ -202,6 +204,8 @@ class AuditedUserAdmin(ServiceAdminMixin, NotFoundAdminMixin, UserAdmin):
         readonly = list(super().get_readonly_fields(request, obj))
         if not request.user.is_superuser:
             readonly.append("is_superuser")  # only a superuser makes another
+        if obj is not None and obj.pk == request.user.pk:
+            readonly.append("is_active")
         return readonly
 
     def formfield_for_manytomany(self, db_field, request=None, **kwargs):

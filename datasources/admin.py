@@ -26,7 +26,9 @@ class _SecretForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        field = self.fields[self.secret_field]
+        field = self.fields.get(self.secret_field)
+        if field is None:  # a view-only page: the admin shows `secret_state` instead
+            return
         field.required = False
         field.widget = SecretInput()
         is_set = bool(self.instance.pk and getattr(self.instance, self.secret_field))
@@ -77,6 +79,18 @@ class _ThroughServices(ServiceAdminMixin):
     def get_readonly_fields(self, request, obj=None):
         readonly = list(super().get_readonly_fields(request, obj))
         return [*readonly, "name"] if obj is not None else readonly
+
+    def get_fields(self, request, obj=None):
+        fields = list(super().get_fields(request, obj))
+        if obj is not None and not self.has_change_permission(request, obj):
+            # A view-only page shows every field as text: the secret's envelope would be shown too.
+            secret = self.form.secret_field
+            fields = [name for name in fields if name not in (secret, f"clear_{secret}")] + ["secret_state"]
+        return fields
+
+    @admin.display(description="Secret")
+    def secret_state(self, obj) -> str:
+        return "set" if getattr(obj, self.form.secret_field) else "not set"
 
     def save_through_service(self, request, obj, form, change: bool):
         data = form.cleaned_data
