@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import pytest
 from channels.testing import WebsocketCommunicator
-from django import forms
 from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import reverse
@@ -31,6 +30,8 @@ from datasources.models import DataSource, VectorStore
 from datasources.services import save_source, save_store
 from rsync_admin.asgi import application
 from tasks.models import SyncRun, SyncTask
+
+from .helpers import admin_form_data, form_data
 
 pytestmark = pytest.mark.django_db
 
@@ -135,20 +136,6 @@ def changed(obj, kind: str) -> bool:
     return obj is not None and getattr(obj, field) == value
 
 
-def form_data(form, **overrides) -> dict:
-    """What a browser would post for `form` as shown (its current values), with `overrides`."""
-    data = {}
-    for bound in form:
-        value = bound.value()
-        if isinstance(bound.field, forms.BooleanField):
-            if value:
-                data[bound.html_name] = "on"
-            continue
-        data[bound.html_name] = "" if value is None else value
-    data.update(overrides)
-    return data
-
-
 # -- REST API ---------------------------------------------------------------------------------
 
 API_PATH = {"source": "sources", "store": "stores", "task": "tasks"}
@@ -242,17 +229,6 @@ def probe_console(action: str, kind: str, world: World, who: str) -> str:
 # -- Django admin -----------------------------------------------------------------------------
 
 ADMIN_PATH = {"source": "datasources/datasource", "store": "datasources/vectorstore", "task": "tasks/synctask"}
-
-
-def admin_form_data(response, **overrides) -> dict:
-    """The admin change or add form as shown, with its inline formsets, and `overrides`."""
-    data = form_data(response.context["adminform"].form, **overrides)
-    for inline in response.context["inline_admin_formsets"]:
-        formset = inline.formset
-        data.update(form_data(formset.management_form))
-        for form in formset.forms:
-            data.update(form_data(form))
-    return data
 
 
 def probe_admin(action: str, kind: str, world: World, who: str) -> str:
