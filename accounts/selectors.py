@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
-from django.db.models import Exists, Model, OuterRef, Prefetch, QuerySet
+from django.db.models import Exists, Model, OuterRef, Prefetch, Q, QuerySet
 from guardian.conf import settings as guardian_settings
 from guardian.shortcuts import get_groups_with_perms, get_users_with_perms
 from rest_framework.authtoken.models import Token
@@ -99,6 +99,24 @@ def assignable_groups(actor) -> list[Group]:
         return all_groups()
     held = _rights(actor)
     return [group for group in all_groups() if _perm_strings(group.permissions.all()) <= held]
+
+
+def grantable_permissions(actor) -> QuerySet[Permission]:
+    """The permissions `actor` may hand out (to a user directly or to a role): those they hold."""
+    if actor.is_superuser:
+        return Permission.objects.all()
+    held = Permission.objects.filter(Q(user=actor) | Q(group__user=actor)).values("pk")
+    return Permission.objects.filter(pk__in=held)
+
+
+def may_change_role(actor, group: Group) -> bool:
+    """May `actor` change or delete a role? Only when they hold every permission it gives (nobody
+    widens a role, or takes apart one, that is stronger than themselves)."""
+    if actor is None or not actor.is_authenticated or not actor.is_active:
+        return False
+    if actor.is_superuser:
+        return True
+    return _perm_strings(group.permissions.select_related("content_type")) <= _rights(actor)
 
 
 def may_manage_auditors(actor) -> bool:

@@ -1,8 +1,13 @@
-"""The verbs that change users, roles, grants and API tokens. Each writes its audit entry."""
+"""The verbs that change users, roles, grants and API tokens. Each writes its audit entry.
+
+The console pages and Django admin both change users and roles through these functions, so every
+change is audited the same way wherever it is made.
+"""
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
@@ -14,9 +19,16 @@ from audit import context as audit_context
 from audit import services as audit
 
 from .permissions import perm_name
-from .roles import GRANT_LEVELS, ROLE_NAMES
+from .roles import GRANT_LEVELS, ROLE_NAMES, STAFF_ROLES
 
 User = get_user_model()
+
+# What Django admin's user form may change besides roles and permissions.
+USER_FIELDS = ("username", "first_name", "last_name", "email", "is_active", "is_staff", "is_superuser")
+
+
+class BuiltInRole(Exception):
+    """The four built-in roles cannot be renamed or deleted (the product refers to them by name)."""
 
 
 def _codenames(obj, level: str) -> list[str]:
@@ -90,14 +102,39 @@ def record_failed_sign_in(*, username: str, request=None, reason: str = "") -> N
     )
 
 
+def _follow_staff_roles(user, before: Iterable[str], after: Iterable[str]) -> dict:
+    """Staff status follows the administrator roles: given with the first one, taken with the last.
+
+    Only a change of administrator role moves it, so staff status a Super admin ticked by hand for
+    an Operator stays. Returns the audit diff of the change (empty when there is none)."""
+    had, has = bool(set(before) & set(STAFF_ROLES)), bool(set(after) & set(STAFF_ROLES))
+    staff = user.is_staff
+    if has and not had:
+        staff = True
+    elif had and not has and not user.is_superuser:
+        staff = False
+    if staff == user.is_staff:
+        return {}
+    user.is_staff = staff
+    user.save(update_fields=["is_staff"])
+    return {"is_staff": [not staff, staff]}
+
+
 @transaction.atomic
-def create_user(*, username: str, password: str, email: str = "", roles: list[str] = ()) -> User:
+def create_user(
+    *, username: str, password: str | None, email: str = "", roles: Iterable[str] = ()
+) -> User:
+    """A new user with `roles`; `password=None` makes one that cannot sign in with a password."""
+    roles = list(roles)
     unknown = set(roles) - set(ROLE_NAMES) - set(Group.objects.values_list("name", flat=True))
     if unknown:
         raise ValueError(f"Unknown role(s): {', '.join(sorted(unknown))}.")
     user = User.objects.create_user(username=username, password=password, email=email)
     user.groups.set(Group.objects.filter(name__in=roles))
-    audit.record(action="create", obj=user, diff={"roles": sorted(roles)})
+    diff = {"roles": sorted(roles)}
+    if _follow_staff_roles(user, [], roles):
+        diff["is_staff"] = True
+    audit.record(action="create", obj=user, diff=diff)
     return user
 
 
@@ -107,7 +144,63 @@ def set_roles(user, roles: list[str]) -> None:
     user.groups.set(Group.objects.filter(name__in=roles))
     after = sorted(user.groups.values_list("name", flat=True))
     if before != after:
-        audit.record(action="update", obj=user, diff={"roles": [before, after]})
+        diff = {"roles": [before, after], **_follow_staff_roles(user, before, after)}
+        audit.record(action="update", obj=user, diff=diff)
+
+
+def _permission_names(permissions) -> list[str]:
+    return sorted(f"{p.content_type.app_label}.{p.codename}" for p in permissions)
+
+
+def _user_state(user) -> dict:
+    """What an update of a user is audited on: its fields, roles and direct permissions."""
+    return {
+        **audit.snapshot(user, USER_FIELDS),
+        "roles": sorted(user.groups.values_list("name", flat=True)),
+        "permissions": _permission_names(user.user_permissions.select_related("content_type")),
+    }
+
+
+@transaction.atomic
+def update_user(
+    user, *, groups: Iterable[Group] | None = None, permissions: Iterable[Permission] | None = None, **fields
+) -> User:
+    """Change a user's fields (`USER_FIELDS`), roles and direct permissions in one audited step.
+
+    `groups` / `permissions` None leaves them as they are. Staff status follows the administrator
+    roles (see `_follow_staff_roles`) unless `is_staff` itself is changed here. A change of the
+    active flag alone is recorded as enable or disable, as the console's switch records it."""
+    unknown = set(fields) - set(USER_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown user fields: {', '.join(sorted(unknown))}")
+    user = User.objects.select_for_update().get(pk=user.pk)
+    before = _user_state(user)
+    for key, value in fields.items():
+        setattr(user, key, value)
+    user.save()
+    if groups is not None:
+        user.groups.set(groups)
+        if fields.get("is_staff", before["is_staff"]) == before["is_staff"]:
+            _follow_staff_roles(user, before["roles"], user.groups.values_list("name", flat=True))
+    if permissions is not None:
+        user.user_permissions.set(permissions)
+    for cache in ("_perm_cache", "_user_perm_cache", "_group_perm_cache"):
+        user.__dict__.pop(cache, None)
+    diff = audit.model_diff(before, _user_state(user))
+    if diff:
+        action = "update"
+        if set(diff) == {"is_active"}:
+            action = "enable" if user.is_active else "disable"
+        audit.record(action=action, obj=user, diff=diff)
+    return user
+
+
+@transaction.atomic
+def delete_user(user) -> None:
+    """Delete a user with their grants and token; their audit events stay (with their name)."""
+    state = _user_state(user)
+    audit.record(action="delete", obj=user, diff=audit.model_diff(state, None))
+    user.delete()
 
 
 @transaction.atomic
@@ -120,11 +213,15 @@ def set_active(user, active: bool) -> None:
 
 
 @transaction.atomic
-def reset_password(user, new_password: str) -> None:
-    user.set_password(new_password)
+def reset_password(user, new_password: str | None) -> None:
+    """Set a new password; None turns password sign-in off for the user."""
+    if new_password is None:
+        user.set_unusable_password()
+    else:
+        user.set_password(new_password)
     user.save(update_fields=["password"])
     Token.objects.filter(user=user).delete()  # a reset also revokes API access
-    audit.record(action="reset_password", obj=user, diff={"password": "changed"})
+    audit.record(action="reset_password", obj=user, diff={"password": "changed" if new_password else "removed"})
 
 
 @transaction.atomic
@@ -169,6 +266,47 @@ def set_auditor(user, auditor: bool) -> bool:
     audit.record(action="grant_auditor" if auditor else "revoke_auditor", obj=user,
                  diff={"permissions": [f"{a}.{c}" for a, c in AUDITOR_CODENAMES]})
     return True
+
+
+# -- roles (groups) ----------------------------------------------------------------------------
+
+
+def _role_state(group: Group) -> dict:
+    return {"name": group.name,
+            "permissions": _permission_names(group.permissions.select_related("content_type"))}
+
+
+@transaction.atomic
+def save_role(*, name: str, permissions: Iterable[Permission], group: Group | None = None) -> Group:
+    """Create a role (a group of permissions), or rename `group` and set its permissions.
+
+    Built-in roles keep their names (raises BuiltInRole)."""
+    if group is None:
+        group, before = Group(name=name), None
+    else:
+        group = Group.objects.select_for_update().get(pk=group.pk)
+        before = _role_state(group)
+        if group.name in ROLE_NAMES and name != group.name:
+            raise BuiltInRole(f"The built-in role {group.name!r} cannot be renamed.")
+    group.name = name
+    group.full_clean()
+    group.save()
+    group.permissions.set(permissions)
+    diff = audit.model_diff(before, _role_state(group))
+    if before is None or diff:
+        audit.record(action="create" if before is None else "update", obj=group, diff=diff)
+    return group
+
+
+@transaction.atomic
+def delete_role(group: Group) -> None:
+    """Delete a custom role; its members lose the rights it gave (they are named in the audit entry)."""
+    if group.name in ROLE_NAMES:
+        raise BuiltInRole(f"The built-in role {group.name!r} cannot be deleted.")
+    state = _role_state(group)
+    state["members"] = sorted(group.user_set.values_list("username", flat=True))
+    audit.record(action="delete", obj=group, diff=audit.model_diff(state, None))
+    group.delete()
 
 
 def generate_password() -> str:

@@ -1,4 +1,4 @@
-"""The verbs that change data sources and vector stores."""
+"""The verbs that change data sources, vector stores and vectorizers (embedding models)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,16 @@ from audit import services as audit
 
 from .connectors import source_connector, target_connector
 from .connectors.base import CheckResult
-from .models import DataSource, VectorStore
+from .models import DataSource, EmbeddingModel, VectorStore
 
 SOURCE_FIELDS = ("kind", "host", "port", "database", "user")
 STORE_FIELDS = ("kind", "uri")
+EMBEDDING_MODEL_FIELDS = ("kind", "model_name", "base_url", "dimension", "columns", "dotted_path", "batch_size",
+                          "max_concurrency", "timeout_seconds")
 # Secrets are audited as "changed" only: the diff compares their envelopes, never shows them.
 AUDITED_SOURCE_FIELDS = ("name", *SOURCE_FIELDS, "password")
 AUDITED_STORE_FIELDS = ("name", *STORE_FIELDS, "token")
+AUDITED_EMBEDDING_MODEL_FIELDS = ("name", *EMBEDDING_MODEL_FIELDS, "api_key")
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +66,24 @@ def save_store(*, name: str, token: str | None = None, **fields) -> VectorStore:
     return store
 
 
+@transaction.atomic
+def save_embedding_model(*, name: str, api_key: str | None = None, **fields) -> EmbeddingModel:
+    """Create or update a vectorizer by name; `api_key=None` keeps the stored key."""
+    unknown = set(fields) - set(EMBEDDING_MODEL_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown embedding model fields: {', '.join(sorted(unknown))}")
+    model = EmbeddingModel.objects.filter(name=name).first() or EmbeddingModel(name=name)
+    before = audit.snapshot(model, AUDITED_EMBEDDING_MODEL_FIELDS) if model.pk else None
+    for key, value in fields.items():
+        setattr(model, key, value)
+    if api_key is not None:
+        model.api_key = api_key
+    model.full_clean()
+    model.save()
+    _record_save(model, before, audit.snapshot(model, AUDITED_EMBEDDING_MODEL_FIELDS), "api_key")
+    return model
+
+
 def _record_save(obj, before: dict | None, after: dict, secret: str) -> None:
     diff = audit.model_diff(before, after, secret_fields=[secret])
     if before is None:
@@ -73,7 +94,7 @@ def _record_save(obj, before: dict | None, after: dict, secret: str) -> None:
 
 
 
-def _refuse_if_used(obj: DataSource | VectorStore, what: str) -> None:
+def _refuse_if_used(obj: DataSource | VectorStore | EmbeddingModel, what: str) -> None:
     names = sorted(obj.tasks.values_list("name", flat=True))
     if names:
         raise InUse(
@@ -98,6 +119,15 @@ def delete_store(store: VectorStore) -> None:
     audit.record(action="delete", obj=store, diff=audit.model_diff(
         audit.snapshot(store, AUDITED_STORE_FIELDS), None, secret_fields=["token"]))
     store.delete()
+
+
+@transaction.atomic
+def delete_embedding_model(model: EmbeddingModel) -> None:
+    """Delete a vectorizer no task uses (raises InUse otherwise)."""
+    _refuse_if_used(model, "embedding model")
+    audit.record(action="delete", obj=model, diff=audit.model_diff(
+        audit.snapshot(model, AUDITED_EMBEDDING_MODEL_FIELDS), None, secret_fields=["api_key"]))
+    model.delete()
 
 
 def check_source(

@@ -30,6 +30,11 @@ def dead_letters_of(task: SyncTask) -> QuerySet[DeadLetter]:
     return task.dead_letters.order_by("-created_at", "-id")
 
 
+def dead_letters_for(user) -> QuerySet[DeadLetter]:
+    """Dead letters hold row data: a user sees those of the tasks they may see, no others."""
+    return DeadLetter.objects.filter(task__in=tasks_for(user)).select_related("task")
+
+
 def latest_run(task: SyncTask) -> SyncRun | None:
     return task.runs.order_by("-created_at", "-id").first()
 

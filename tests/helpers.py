@@ -1,4 +1,5 @@
-"""Helpers for tests: compare the target with the source, wait for convergence, run a runner."""
+"""Helpers for tests: compare the target with the source, wait for convergence, run a runner, post
+forms as a browser would."""
 
 from __future__ import annotations
 
@@ -159,3 +160,30 @@ class RunnerThread(threading.Thread):
         if self.error:
             raise self.error
         return self.run_result
+
+
+def form_data(form, **overrides) -> dict:
+    """What a browser would post for `form` as shown (its current values), with `overrides`."""
+    from django import forms
+
+    data = {}
+    for bound in form:
+        value = bound.value()
+        if isinstance(bound.field, forms.BooleanField):
+            if value:
+                data[bound.html_name] = "on"
+            continue
+        data[bound.html_name] = "" if value is None else value
+    data.update(overrides)
+    return data
+
+
+def admin_form_data(response, **overrides) -> dict:
+    """A Django admin change or add page's form as shown, with its inline formsets, and `overrides`."""
+    data = form_data(response.context["adminform"].form, **overrides)
+    for inline in response.context["inline_admin_formsets"]:
+        formset = inline.formset
+        data.update(form_data(formset.management_form))
+        for form in formset.forms:
+            data.update(form_data(form))
+    return data
