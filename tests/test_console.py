@@ -338,36 +338,80 @@ def test_create_a_task_through_the_form(client_in, docs_source):
     assert task.batch_size == 32 and task.payload_columns == ["name"] and task.name == data["name"]
 
 
+def field_errors(page: str, field: str) -> list[str]:
+    """The error messages shown under one field of a form page."""
+    from html import unescape
+
+    return [unescape(m) for m in re.findall(rf'<p class="error" id="error-{field}(?:-\d+)?">(.*?)</p>', page)]
+
+
+DOCS_COLUMNS = "body, id, kind, module, name, stars, title, updated_at"
+
+
 @servers
 def test_task_form_validates_against_the_catalog(client_in, docs_source):
+    """The rules and words of tasks.validation, as the API and config files give them."""
     source, store, _ = docs_source
     data = task_post(source, store, text_template="{title} {nope}", payload_columns=["name", "missing"],
                      table="absent", batch_size="0")
     response = client_in.post(reverse("console:task-create"), data)
     assert response.status_code == 200
     page = html(response)
-    for field in ("table", "payload_columns", "batch_size"):
-        assert f'id="error-{field}"' in page, field
-    response = client_in.post(reverse("console:task-create"), task_post(source, store, text_template="{title} {nope}"))
+    assert field_errors(page, "table") == [
+        f"Table 'absent' does not exist in database {source.database!r} (or the user cannot see it)."]
+    assert field_errors(page, "batch_size") == ["Ensure this value is greater than or equal to 1."]
+    response = client_in.post(reverse("console:task-create"), task_post(
+        source, store, text_template="{title} {nope}", payload_columns=["name", "missing", "_key"]))
     page = html(response)
-    assert 'id="error-text_template"' in page and "Unknown column nope" in page
+    assert field_errors(page, "text_template") == [
+        f"The text template names column 'nope' that 'docs' does not have (it has: {DOCS_COLUMNS})."]
+    assert field_errors(page, "payload_columns") == [
+        "'_key' clashes with a field Milvus keeps for itself (_chunk, _key, _row_key, _text, _text_hash, _vector).",
+        f"Payload column 'missing' does not exist in 'docs' (it has: {DOCS_COLUMNS}).",
+    ]
     response = client_in.post(reverse("console:task-create"), task_post(source, store, text_template="{title"))
-    assert "Not a valid template" in html(response)
+    assert field_errors(html(response), "text_template") == [
+        "Not a valid template: expected '}' before end of string. Put column names in braces, e.g. {title}; "
+        "write {{ for a brace."]
+    response = client_in.post(reverse("console:task-create"), task_post(source, store, capture="poll"))
+    assert field_errors(html(response), "updated_at_column") == [
+        "Polling needs the column that changes on every write (e.g. updated_at)."]
     assert not SyncTask.objects.exists()
 
 
 @pytest.mark.django_db
-def test_task_form_with_a_source_that_is_down(client_in):
-    source = save_source(name=slug("down"), host="127.0.0.1", port=devservers.free_port(), database="x", user="u")
+def test_task_form_with_a_source_that_is_down_saves_with_a_warning(client_in):
+    """The same policy as the API and config files: saved with a warning, start refuses."""
+    port = devservers.free_port()
+    source = save_source(name=slug("down"), host="127.0.0.1", port=port, database="x", user="u")
     store = save_store(name=slug("store"), uri="http://127.0.0.1:9")
     page = html(client_in.get(reverse("console:task-catalog"), {"source": source.pk}))
     assert 'id="catalog-error"' in page and "connection refused" in page
-    response = client_in.post(reverse("console:task-create"), task_post(source, store))
-    assert response.status_code == 200
-    assert 'id="error-source"' in html(response) and "connection refused" in html(response)
+    # The pickers cannot list anything: the table and payload columns are typed instead.
+    page = html(client_in.get(reverse("console:task-create"), {"source": source.pk}))
+    assert '<input type="text" name="table"' in page and '<input type="text" name="payload_columns"' in page
     response = client_in.post(reverse("console:task-preview"), task_post(source, store), HTTP_HX_REQUEST="true")
     assert response.status_code == 200 and "connection refused" in html(response)
     assert not SyncTask.objects.exists()
+
+    response = client_in.post(reverse("console:task-create"), task_post(source, store, payload_columns="name, stars"),
+                              follow=True)
+    task = SyncTask.objects.get()
+    assert response.redirect_chain == [(reverse("console:task-detail", args=[task.pk]), 302)]
+    assert (task.table, task.payload_columns, task.primary_key) == ("docs", ["name", "stars"], [])
+    assert f"Task {task.name} saved." in messages_of(response)
+    assert (f"Table 'docs' and its columns were not checked: Cannot reach the database server at 127.0.0.1:{port} "
+            "(connection refused: nothing listens on that port). The task is saved; it will not start until the "
+            "source answers and the check passes.") in messages_of(response)
+
+    # Editing while it is still down shows what was saved in the typed inputs.
+    page = html(client_in.get(reverse("console:task-edit", args=[task.pk])))
+    assert 'name="table" value="docs"' in page and 'name="payload_columns" value="name, stars"' in page
+
+    response = client_in.post(reverse("console:task-start", args=[task.pk]), follow=True)
+    refused = f"Cannot start {task.name}: Cannot reach the database server"
+    assert any(m.startswith(refused) for m in messages_of(response))
+    assert not task.runs.exists()
 
 
 @servers
@@ -388,7 +432,8 @@ def test_preview_renders_five_real_rows_before_saving(client_in, docs_source):
     assert not SyncTask.objects.exists()  # nothing saved
 
     page = html(client_in.post(reverse("console:task-preview"), task_post(source, store, text_template="{nope}")))
-    assert 'id="preview-errors"' in page and "Unknown column nope" in page
+    assert 'id="preview-errors"' in page
+    assert "The text template names column &#x27;nope&#x27; that &#x27;docs&#x27; does not have" in page
 
 
 # -- task page --------------------------------------------------------------------------------
