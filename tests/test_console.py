@@ -11,7 +11,7 @@ from django.urls import reverse
 
 from accounts.roles import ADMIN, OPERATOR, VIEWER, sync_role_groups
 from accounts.services import create_user, grant
-from datasources.models import DataSource, VectorStore
+from datasources.models import DataSource, EmbeddingModel, VectorStore
 from datasources.services import save_source, save_store
 from rsync_admin import devservers
 from rsync_admin.corpus import create_docs_table
@@ -346,6 +346,43 @@ def field_errors(page: str, field: str) -> list[str]:
 
 
 DOCS_COLUMNS = "body, id, kind, module, name, stars, title, updated_at"
+
+
+@servers
+def test_the_form_chooses_the_vectorizer_chunking_and_vector_index(client_in, docs_source, qdrant_folder):
+    source, store, _ = docs_source
+    structured = EmbeddingModel.objects.create(name="by-stars", kind="structured", columns=["stars", "id"])
+    page = html(client_in.get(reverse("console:task-create")))
+    # The bundled model is the default: no vectorizer picked.
+    assert re.search(r'<select name="vectorizer"[^>]*>\s*<option value="" selected>None: the bundled model', page)
+    assert f'<option value="{structured.pk}">by-stars</option>' in page
+    for name in ("chunk_size", "chunk_overlap", "index_type", "metric", "hnsw_m", "hnsw_ef_construction",
+                 "ivf_nlist"):
+        assert f'name="{name}"' in page, name
+
+    data = task_post(source, store, vectorizer=structured.pk, chunk_size="128", chunk_overlap="16",
+                     index_type="HNSW", metric="L2", hnsw_m="8", hnsw_ef_construction="64")
+    response = client_in.post(reverse("console:task-create"), data)
+    assert response.status_code == 302, html(response)
+    task = SyncTask.objects.get(name=data["name"])
+    assert (task.vectorizer, task.chunk_size, task.chunk_overlap) == (structured, 128, 16)
+    assert (task.index_type, task.metric, task.hnsw_m, task.hnsw_ef_construction) == ("HNSW", "L2", 8, 64)
+    page = html(client_in.get(reverse("console:task-edit", args=[task.pk])))
+    assert f'<option value="{structured.pk}" selected>by-stars</option>' in page
+    assert '<option value="HNSW" selected>' in page and '<option value="L2" selected>' in page
+
+    # The same rules as the API: a structured vectorizer reads real columns, Qdrant has no IVF_FLAT.
+    missing = EmbeddingModel.objects.create(name="by-rank", kind="structured", columns=["rank"])
+    qdrant = save_store(name=slug("qdrant"), kind="qdrant", uri=str(qdrant_folder))
+    response = client_in.post(reverse("console:task-create"), task_post(
+        source, qdrant, vectorizer=missing.pk, index_type="IVF_FLAT", chunk_size="16", chunk_overlap="16"))
+    page = html(response)
+    assert field_errors(page, "index_type") == ["Qdrant has no IVF_FLAT index: choose AUTOINDEX or HNSW."]
+    assert field_errors(page, "vectorizer") == [
+        f"The structured vectorizer 'by-rank' reads column 'rank' that 'docs' does not have (it has: {DOCS_COLUMNS})."]
+    assert field_errors(page, "chunk_overlap") == ["The overlap must be smaller than the chunk size (16 tokens)."]
+    assert re.search(r'<details id="index-settings"\s+open>', page)  # the error is not hidden in a closed panel
+    assert SyncTask.objects.count() == 1
 
 
 @servers

@@ -277,12 +277,12 @@ class MilvusTarget:
                   **{k: str(v) for k, v in milvus_index_params(spec.index).items()}}
         differs = [k for k, v in wanted.items() if k in described and str(described[k]).upper() != v.upper()]
         if differs:
-            have = f"{described.get('index_type')} by {described.get('metric_type')}"
             params = ", ".join(f"{k}={described[k]}" for k in ("M", "efConstruction", "nlist") if k in described)
+            have = f"{described.get('index_type')}{f' ({params})' if params else ''} by {described.get('metric_type')}"
             raise ConnectorError(
-                f"Collection {spec.name!r} has a {have}{f' ({params})' if params else ''} index but the task asks "
-                f"for {spec.index.describe()}: a different index needs a new collection (change the collection "
-                "name, or drop this one and take a new snapshot)."
+                f"Collection {spec.name!r} is indexed with {have} but the task asks for {spec.index.describe()}: "
+                "a different index needs a new collection (change the collection name, or drop this one and "
+                "take a new snapshot)."
             )
 
     def drop_collection(self, name: str) -> None:

@@ -463,9 +463,9 @@ class QdrantTarget:
             )
             if have != (spec.index.hnsw_m, spec.index.hnsw_ef_construction):
                 raise ConnectorError(
-                    f"Collection {spec.name!r} has an HNSW index with M={have[0]}, ef_construction={have[1]} but "
-                    f"the task asks for {spec.index.describe()}: a different index needs a new collection (change "
-                    "the collection name, or drop this one and take a new snapshot)."
+                    f"Collection {spec.name!r} is indexed with HNSW (M={have[0]}, ef_construction={have[1]}) by "
+                    f"{spec.metric} but the task asks for {spec.index.describe()}: a different index needs a new "
+                    "collection (change the collection name, or drop this one and take a new snapshot)."
                 )
         # Integer and string keys map to different point ids, so mixing them would duplicate rows.
         points, _ = self._call("scroll", spec.name, limit=1, with_payload=[KEY_FIELD], with_vectors=False)
