@@ -489,6 +489,13 @@ def test_a_task_can_be_saved_while_its_source_is_down(api, down_source, store):
     }, format="json")
     assert response.status_code == 201, response.content
     assert data(response)["primary_key"] == [] and data(response)["payload_columns"] == []
+    # The same policy as the console and config files: saved, with a warning saying what was not checked.
+    assert data(response)["warnings"] == [
+        f"Table 'docs' and its columns were not checked: Cannot reach the database server at "
+        f"127.0.0.1:{down_source.port} (connection refused: nothing listens on that port). The task is saved; "
+        "it will not start until the source answers and the check passes."
+    ]
+    assert data(api.get(f"/api/tasks/{data(response)['id']}/"))["warnings"] == []
 
     # Starting it checks again: the source must answer.
     response = api.post(f"/api/tasks/{data(response)['id']}/start/")
