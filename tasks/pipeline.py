@@ -56,7 +56,6 @@ class TaskMapping:
     structured_columns: list[str] | None = None  # a structured vectorizer embeds these values, not text
     chunk_size: int = 0  # tokens per chunk; 0: a row is one point
     chunk_overlap: int = 0
-
     index: VectorIndex = field(default_factory=VectorIndex)
 
     @classmethod
