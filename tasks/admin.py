@@ -37,6 +37,14 @@ class SyncTaskAdmin(ServiceAdminMixin, ObjectPermissionAdminMixin, admin.ModelAd
                    ("store", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["name", "table", "collection"]
     readonly_fields = ["primary_key", "desired_state", "created_at", "updated_at"]
+    fieldsets = [
+        (None, {"fields": ["name", "source", "store", "table", "primary_key", "text_template", "payload_columns",
+                           "embedding_model", "vectorizer", "collection", "mode", "batch_size"]}),
+        ("Capture and chunking", {"fields": ["capture", "updated_at_column", "soft_delete_column", "poll_interval",
+                                             "overlap_seconds", "chunk_size", "chunk_overlap"]}),
+        ("Vector index", {"fields": ["index_type", "metric", "hnsw_m", "hnsw_ef_construction", "ivf_nlist"]}),
+        ("State", {"fields": ["desired_state", "created_at", "updated_at"]}),
+    ]
     inlines = [CheckpointInline]
     actions = ["start", "stop", "resnapshot"]
     refusals = (services.TaskRunning, ConnectorError)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import difflib
 import os
 import re
-import string
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -100,27 +99,8 @@ def _check_port(value: int) -> str | None:
     return None if 1 <= value <= 65535 else f"must be a port between 1 and 65535, not {value}"
 
 
-def _check_positive(value: int) -> str | None:
-    return None if value >= 1 else f"must be at least 1, not {value}"
-
-
-def _check_template(value: str) -> str | None:
-    try:
-        list(string.Formatter().parse(value))
-    except ValueError as exc:
-        return f"is not a valid template: {exc}"
-    return None
-
-
 def _not_empty(value: str) -> str | None:
     return None if value.strip() else "must not be empty"
-
-
-def _both(*checks: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        return next((problem for c in checks if (problem := c(value))), None)
-
-    return check
 
 
 _NAME = _Spec("str", required=True, check=_check_slug)
@@ -146,7 +126,10 @@ TASK_SPEC: dict[str, _Spec] = {
     "source": _Spec("str", required=True),
     "store": _Spec("str", required=True),
     "table": _REQUIRED_STR,
-    "text_template": _Spec("str", required=True, check=_both(_not_empty, _check_template)),
+    # What a value must be beyond its type (a template that parses, a batch size in range, an
+    # index the store offers...) is tasks.validation's and the model's, checked when the task is
+    # saved, as for the form and the API: one rule, one message.
+    "text_template": _REQUIRED_STR,
     "payload_columns": _Spec("str_list", default=_default(SyncTask, "payload_columns")),
     "embedding_model": _Spec(
         "str", default=_default(SyncTask, "embedding_model"), choices=tuple(c[0] for c in MODEL_CHOICES)
@@ -154,7 +137,7 @@ TASK_SPEC: dict[str, _Spec] = {
     # Empty lets save_task derive the collection from the task name, as the form does.
     "collection": _Spec("str", default=""),
     "mode": _Spec("str", default=_default(SyncTask, "mode"), choices=tuple(SyncTask.Mode.values)),
-    "batch_size": _Spec("int", default=_default(SyncTask, "batch_size"), check=_check_positive),
+    "batch_size": _Spec("int", default=_default(SyncTask, "batch_size")),
     "capture": _Spec("str", default=_default(SyncTask, "capture"), choices=tuple(SyncTask.Capture.values)),
     "updated_at_column": _Spec("str", default=""),
     "soft_delete_column": _Spec("str", default=""),
@@ -164,6 +147,11 @@ TASK_SPEC: dict[str, _Spec] = {
     "chunk_overlap": _Spec("int", default=_default(SyncTask, "chunk_overlap")),
     # The name of an embedding model made in Django admin; empty: the bundled model.
     "vectorizer": _Spec("str", default=""),
+    "index_type": _Spec("str", default=_default(SyncTask, "index_type"), choices=tuple(SyncTask.IndexType.values)),
+    "metric": _Spec("str", default=_default(SyncTask, "metric"), choices=tuple(SyncTask.Metric.values)),
+    "hnsw_m": _Spec("int", default=_default(SyncTask, "hnsw_m")),
+    "hnsw_ef_construction": _Spec("int", default=_default(SyncTask, "hnsw_ef_construction")),
+    "ivf_nlist": _Spec("int", default=_default(SyncTask, "ivf_nlist")),
 }
 SPECS = {"sources": SOURCE_SPEC, "stores": STORE_SPEC, "tasks": TASK_SPEC}
 
@@ -499,7 +487,8 @@ class _Applier:
             self.changes.append(Change(kind, name, "created", note=note(saved, "created")))
             return saved
         if before == after:
-            self.changes.append(Change(kind, name, "unchanged", note=note(existing, "unchanged")))
+            # The note looks at what saving found (e.g. a source it could not reach), so `saved`.
+            self.changes.append(Change(kind, name, "unchanged", note=note(saved, "unchanged")))
             return existing
         changed = tuple(key for key in after if before[key] != after[key])
         self.changes.append(Change(kind, name, "updated", changed, note=note(saved, "updated")))
@@ -569,11 +558,12 @@ def apply_config(text: str, *, dry_run: bool = False, environ: Mapping[str, str]
 
 def _task_note(task: SyncTask, action: str) -> str:
     notes = []
-    # save_task saves a task whose table it cannot read (the start checks refuse to run it); say
-    # so here, or the first sign of a typo in `table` would be a task that will not start.
-    if not task.primary_key:
-        notes.append(f"no primary key was read for table {task.table!r} (source unreachable, table missing, "
-                     f"or no primary key); check with `manage.py check_source --task {task.name}`")
+    # save_task saves a task whose source it cannot reach, or whose table has no primary key
+    # (the start checks refuse to run it); say so here, or the first sign would be a task that
+    # will not start.
+    warnings = getattr(task, "save_warnings", [])
+    if warnings:
+        notes.append(" ".join(warnings) + f" Check with `manage.py check_source --task {task.name}`.")
     # A runner reads its task once, when it starts.
     if action == "updated" and task.desired_state == SyncTask.DesiredState.RUNNING:
         notes.append("the task is running: the change takes effect when it is stopped and started again")

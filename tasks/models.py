@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import string
 
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from datasources.embedders import DEFAULT_MODEL, MODEL_CHOICES
@@ -24,6 +25,16 @@ class SyncTask(models.Model):
         RUNNING = "running", "Running"
         STOPPED = "stopped", "Stopped"
 
+    class IndexType(models.TextChoices):
+        AUTOINDEX = "AUTOINDEX", "Automatic (the store chooses)"
+        HNSW = "HNSW", "HNSW graph"
+        IVF_FLAT = "IVF_FLAT", "IVF_FLAT (Milvus only)"
+
+    class Metric(models.TextChoices):
+        COSINE = "COSINE", "Cosine similarity"
+        IP = "IP", "Inner product (Qdrant: Dot)"
+        L2 = "L2", "Euclidean distance (Qdrant: Euclid)"
+
     name = models.SlugField(max_length=100, unique=True)
     source = models.ForeignKey("datasources.DataSource", on_delete=models.PROTECT, related_name="tasks")
     store = models.ForeignKey("datasources.VectorStore", on_delete=models.PROTECT, related_name="tasks")
@@ -38,7 +49,7 @@ class SyncTask(models.Model):
     )
     collection = models.CharField(max_length=255)
     mode = models.CharField(max_length=20, choices=Mode.choices, default=Mode.FULL_INCREMENTAL)
-    batch_size = models.PositiveIntegerField(default=256)
+    batch_size = models.PositiveIntegerField(default=256, validators=[MinValueValidator(1), MaxValueValidator(100_000)])
     capture = models.CharField(max_length=10, choices=Capture.choices, default=Capture.LOG)
     updated_at_column = models.CharField(max_length=64, blank=True, default="",
                                          help_text="Polling: the column that changes on every write.")
@@ -48,6 +59,27 @@ class SyncTask(models.Model):
     overlap_seconds = models.FloatField(default=5.0, help_text="Polling: re-read this window for late commits.")
     chunk_size = models.PositiveIntegerField(default=0, help_text="Tokens per chunk; 0 embeds each row whole.")
     chunk_overlap = models.PositiveIntegerField(default=32, help_text="Tokens shared by neighbouring chunks.")
+    # The vector index of the collection, fixed when the collection is created (a different
+    # index later needs a new collection). Ranges: Milvus' documented ones, and Qdrant's minimum
+    # ef_construct of 4.
+    index_type = models.CharField(
+        max_length=10, choices=IndexType.choices, default=IndexType.AUTOINDEX,
+        help_text="Qdrant offers HNSW only (AUTOINDEX is HNSW with Qdrant's defaults there).",
+    )
+    metric = models.CharField(max_length=10, choices=Metric.choices, default=Metric.COSINE,
+                              help_text="How search compares vectors.")
+    hnsw_m = models.PositiveIntegerField(
+        "HNSW M", default=16, validators=[MinValueValidator(2), MaxValueValidator(2048)],
+        help_text="HNSW: links per node (2-2048); more is more accurate and uses more memory.",
+    )
+    hnsw_ef_construction = models.PositiveIntegerField(
+        "HNSW ef_construction", default=100, validators=[MinValueValidator(4), MaxValueValidator(65_535)],
+        help_text="HNSW: candidates considered while building (4-65535); more is slower to build, more accurate.",
+    )
+    ivf_nlist = models.PositiveIntegerField(
+        "IVF nlist", default=128, validators=[MinValueValidator(1), MaxValueValidator(65_536)],
+        help_text="IVF_FLAT: number of clusters (1-65536).",
+    )
     desired_state = models.CharField(
         max_length=10, choices=DesiredState.choices, default=DesiredState.STOPPED, editable=False
     )

@@ -18,17 +18,19 @@ from datasources.connectors.milvus import (
     CHUNK_FIELD,
     HASH_FIELD,
     KEY_FIELD,
-    RESERVED_FIELDS,
     ROW_KEY_FIELD,
     TEXT_FIELD,
     VARCHAR_MAX,
     VECTOR_FIELD,
     CollectionSpec,
+    VectorIndex,
     chunk_key,
     encode_key,
     split_chunk_key,
 )
 from datasources.embedders import Embedder
+
+from .validation import mapping_problems
 
 logger = logging.getLogger(__name__)
 
@@ -54,34 +56,33 @@ class TaskMapping:
     structured_columns: list[str] | None = None  # a structured vectorizer embeds these values, not text
     chunk_size: int = 0  # tokens per chunk; 0: a row is one point
     chunk_overlap: int = 0
+    index: VectorIndex = field(default_factory=VectorIndex)
 
     @classmethod
     def build(cls, task, table: TableInfo) -> TaskMapping:
+        """The mapping of `task` onto `table` as the source describes it now.
+
+        The table may have changed since the task was saved, so the catalog rules of
+        `tasks.validation` (the ones saving applies) are applied again here.
+        """
         if not table.primary_key:
             raise MappingError(f"Table {table.name!r} has no primary key.")
-        names = {c.name for c in table.columns}
-        missing = [c for c in task.template_columns if c not in names]
-        if missing:
-            raise MappingError(f"The text template names missing column(s): {', '.join(missing)}.")
-        payload = []
-        for name in task.payload_columns:
-            column = table.column(name)
-            if column is None:
-                raise MappingError(f"Payload column {name!r} does not exist in {table.name!r}.")
-            if name in RESERVED_FIELDS:
-                raise MappingError(f"Payload column {name!r} clashes with a reserved field name.")
-            payload.append(column)
+        problems = mapping_problems(task, table)
+        if problems:
+            raise MappingError(" ".join(problems))
+        payload = [table.column(name) for name in dict.fromkeys(task.payload_columns)]
         structured = None
         if task.vectorizer_id and task.vectorizer.kind == "structured":
             structured = [c if isinstance(c, str) else c["name"] for c in task.vectorizer.columns]
-            unknown = [c for c in structured if c not in names]
-            if unknown:
-                raise MappingError(f"The structured vectorizer names missing column(s): {', '.join(unknown)}.")
         return cls(
             table=table, key_columns=list(table.primary_key), text_template=task.text_template,
             payload_columns=payload, collection=task.collection, structured_columns=structured,
             chunk_size=task.chunk_size if structured is None else 0,
             chunk_overlap=min(task.chunk_overlap, max(task.chunk_size - 1, 0)),
+            index=VectorIndex(
+                type=task.index_type, metric=task.metric, hnsw_m=task.hnsw_m,
+                hnsw_ef_construction=task.hnsw_ef_construction, ivf_nlist=task.ivf_nlist,
+            ),
         )
 
     @property
@@ -95,7 +96,7 @@ class TaskMapping:
     def collection_spec(self, dimension: int) -> CollectionSpec:
         return CollectionSpec(
             name=self.collection, key_is_integer=self.key_is_integer, dimension=dimension,
-            payload_columns=self.payload_columns, chunked=self.chunking,
+            payload_columns=self.payload_columns, chunked=self.chunking, index=self.index,
         )
 
     def key_of(self, row: dict[str, Any]) -> tuple:

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
 from accounts.services import grant_creator
 from audit import services as audit
 from datasources.connectors import source_connector
-from datasources.connectors.base import ConnectorError
 from datasources.connectors.polling import task_source_connector
 from datasources.models import DataSource, VectorStore
 from datasources.services import check_source
 
 from .models import Checkpoint, DeadLetter, SyncRun, SyncTask
+from .validation import TaskCheck, TaskInvalid, default_collection, validate_task
 
 TASK_FIELDS = (
     "table", "text_template", "payload_columns", "embedding_model", "collection", "mode", "batch_size",
     "capture", "updated_at_column", "soft_delete_column", "poll_interval", "overlap_seconds",
-    "chunk_size", "chunk_overlap", "vectorizer",
+    "chunk_size", "chunk_overlap", "vectorizer", "index_type", "metric", "hnsw_m", "hnsw_ef_construction",
+    "ivf_nlist",
 )
 AUDITED_TASK_FIELDS = ("name", "source", "store", *TASK_FIELDS)
 
@@ -48,9 +50,29 @@ def source_check_failures(task: SyncTask, source=None) -> list[str]:
     return [r.message for r in results if not r.ok]
 
 
+def check_task(task: SyncTask) -> TaskCheck:
+    """Every rule of `tasks.validation` plus the model's own field checks, errors merged by field.
+
+    A field the model already rejects (wrong type, out of range) gets only the model's message.
+    """
+    check = validate_task(task)
+    try:
+        task.full_clean()
+    except ValidationError as exc:
+        model_errors = exc.message_dict
+        check.errors = {**{k: v for k, v in check.errors.items() if k not in model_errors}, **model_errors}
+    return check
+
+
 @transaction.atomic
 def save_task(*, name: str, source: DataSource, store: VectorStore, **fields) -> SyncTask:
-    """Create or update a task by name; the primary key is read from the source catalog."""
+    """Create or update a task by name; the primary key is read from the source catalog.
+
+    Raises TaskInvalid ({field: [messages]}) when the task breaks a rule of `tasks.validation`
+    or of the model. A source that cannot be reached does not stop the save (start checks
+    again); the saved task's `save_warnings` lists that, and anything else worth telling the
+    person who saved it.
+    """
     unknown = set(fields) - set(TASK_FIELDS)
     if unknown:
         raise ValueError(f"unknown task fields: {', '.join(sorted(unknown))}")
@@ -60,15 +82,14 @@ def save_task(*, name: str, source: DataSource, store: VectorStore, **fields) ->
     for key, value in fields.items():
         setattr(task, key, value)
     if not task.collection:
-        task.collection = name.replace("-", "_")
-    try:
-        info = source_connector(source).describe_table(task.table)
-    except ConnectorError:
-        info = None  # the source is down: keep what we knew; start_task checks again
-    if info is not None:
-        task.primary_key = info.primary_key
-    task.full_clean()
+        task.collection = default_collection(name)
+    check = check_task(task)
+    if check.errors:
+        raise TaskInvalid(check.errors)
+    if check.table is not None:  # else the source is down: keep what we knew; start_task checks again
+        task.primary_key = check.table.primary_key
     task.save()
+    task.save_warnings = check.warnings
     Checkpoint.objects.get_or_create(task=task)
     diff = audit.model_diff(before, audit.snapshot(task, AUDITED_TASK_FIELDS))
     if before is None or diff:
@@ -83,7 +104,11 @@ def start_task(task: SyncTask, *, enqueue: bool = True) -> SyncRun:
 
     A double start is harmless: the conditional update lets one caller create the run.
     """
-    failures = source_check_failures(task)
+    # The task's own rules first (it may have been saved before a rule existed, or the table
+    # changed since); then the source's checks: it answers, the table has a primary key, the
+    # change log is set up.
+    check = validate_task(task)
+    failures = check.messages() or source_check_failures(task)
     if failures:
         raise TaskNotReady(" ".join(failures))
     with transaction.atomic():

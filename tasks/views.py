@@ -184,6 +184,8 @@ def task_form(request: HttpRequest, pk: int | None = None) -> HttpResponse:
         saved = form.save()
         if saved is not None:
             messages.success(request, f"Task {saved.name} saved.")
+            for warning in form.warnings:  # e.g. the source was down: nothing was checked against it
+                messages.warning(request, warning)
             return redirect("console:task-detail", pk=saved.pk)
     return render(request, "console/tasks/form.html", {"form": form, "task": task})
 

@@ -439,9 +439,12 @@ def test_task_crud_against_the_live_catalog(api, live_source, store):
         ({"text_template": "constant"}, {"text_template": [
             "The template names no column: put column names in braces, e.g. {title}\\n\\n{body}."]}),
         ({"payload_columns": ["_text"]}, {"payload_columns": [
-            f"'_text' clashes with a field the store keeps for itself ({', '.join(sorted(RESERVED_FIELDS))})."]}),
+            f"'_text' clashes with a field Milvus keeps for itself ({', '.join(sorted(RESERVED_FIELDS))})."]}),
+        ({"payload_columns": ["title-x"]}, {"payload_columns": [
+            "'title-x' cannot be a Milvus field name: Milvus takes letters, digits and underscores, starting with "
+            "a letter or underscore (rename the column in a view)."]}),
         ({"payload_columns": "name"}, {"payload_columns": ['Expected a list of items but got type "str".']}),
-        ({"payload_columns": ["name", "name"]}, {"payload_columns": ["A payload column is listed twice."]}),
+        ({"payload_columns": ["name", "name"]}, {"payload_columns": ["Payload column 'name' is listed twice."]}),
         ({"batch_size": "many"}, {"batch_size": ["A valid integer is required."]}),
         ({"batch_size": 0}, {"batch_size": ["Ensure this value is greater than or equal to 1."]}),
         ({"mode": "sometimes"}, {"mode": ['"sometimes" is not a valid choice.']}),
@@ -486,6 +489,13 @@ def test_a_task_can_be_saved_while_its_source_is_down(api, down_source, store):
     }, format="json")
     assert response.status_code == 201, response.content
     assert data(response)["primary_key"] == [] and data(response)["payload_columns"] == []
+    # The same policy as the console and config files: saved, with a warning saying what was not checked.
+    assert data(response)["warnings"] == [
+        f"Table 'docs' and its columns were not checked: Cannot reach the database server at "
+        f"127.0.0.1:{down_source.port} (connection refused: nothing listens on that port). The task is saved; "
+        "it will not start until the source answers and the check passes."
+    ]
+    assert data(api.get(f"/api/tasks/{data(response)['id']}/"))["warnings"] == []
 
     # Starting it checks again: the source must answer.
     response = api.post(f"/api/tasks/{data(response)['id']}/start/")

@@ -21,7 +21,7 @@ from rsync_admin import devservers
 from rsync_admin.corpus import create_docs_table
 from tasks.configfile import SOURCE_SPEC, STORE_SPEC, TASK_SPEC, ConfigError, apply_config, export_config
 from tasks.models import Checkpoint, SyncTask
-from tasks.services import TASK_FIELDS, mark_running
+from tasks.services import TASK_FIELDS, TaskNotReady, mark_running, start_task
 
 from .conftest import unique
 
@@ -229,7 +229,8 @@ def test_export_round_trips(world, monkeypatch):
     # Every task setting is exported, the ones the file left out with their defaults.
     expected["tasks"][0] = {
         "capture": "log", "updated_at_column": "", "soft_delete_column": "", "poll_interval": 5.0,
-        "overlap_seconds": 5.0, "chunk_size": 0, "chunk_overlap": 32, "vectorizer": "", **expected["tasks"][0],
+        "overlap_seconds": 5.0, "chunk_size": 0, "chunk_overlap": 32, "vectorizer": "", "index_type": "AUTOINDEX",
+        "metric": "COSINE", "hnsw_m": 16, "hnsw_ef_construction": 100, "ivf_nlist": 128, **expected["tasks"][0],
     }
     assert yaml.safe_load(exported) == expected
     assert "#   RSYNC_SOURCE_SHOP_PASSWORD\n#   RSYNC_STORE_LOCAL_MILVUS_TOKEN\n" in exported
@@ -343,9 +344,21 @@ ERROR_CASES = [
     ("invalid model", _set("tasks", "embedding_model", "gpt-9"), "tasks[0].embedding_model must be one of"),
     ("invalid kind", _set("sources", "kind", "postgres"),
      "sources[0].kind must be one of mysql, postgresql, sqlite, not 'postgres'"),
-    ("zero batch size", _set("tasks", "batch_size", 0), "tasks[0].batch_size must be at least 1, not 0"),
+    ("zero batch size", _set("tasks", "batch_size", 0),
+     "tasks[0].batch_size is invalid: Ensure this value is greater than or equal to 1."),
     ("port out of range", _set("sources", "port", 70000), "sources[0].port must be a port between 1 and 65535"),
-    ("bad template", _set("tasks", "text_template", "{title"), "tasks[0].text_template is not a valid template"),
+    ("bad template", _set("tasks", "text_template", "{title"),
+     "tasks[0].text_template is invalid: Not a valid template: expected '}' before end of string."),
+    # The rules of tasks.validation, as the API and the console form apply them (the catalog
+    # ones are in test_catalog_problems_are_errors: here the source's password is wrong).
+    ("reserved payload column", _set("tasks", "payload_columns", ["_key"]),
+     "tasks[0].payload_columns is invalid: '_key' clashes with a field Milvus keeps for itself"),
+    ("index the store lacks", _set("tasks", "index_type", "DISKANN"),
+     "tasks[0].index_type must be one of AUTOINDEX, HNSW, IVF_FLAT, not 'DISKANN'"),
+    ("HNSW M out of range", _set("tasks", "hnsw_m", 1),
+     "tasks[0].hnsw_m is invalid: Ensure this value is greater than or equal to 2."),
+    ("polling without its column", _set("tasks", "capture", "poll"),
+     "tasks[0].updated_at_column is invalid: Polling needs the column that changes on every write"),
     ("bad name", _set("sources", "name", "my shop"), "sources[0].name must be a slug"),
     ("missing table", _drop("tasks", "table"), "tasks[0].table is required"),
     ("missing uri", _drop("stores", "uri"), "stores[0].uri is required"),
@@ -376,15 +389,73 @@ def test_errors_name_the_bad_item_and_change_nothing(world, monkeypatch, mutate,
     assert snapshot() == before
 
 
-def test_a_task_whose_table_cannot_be_read_is_saved_with_a_note(world):
-    # As save_task does for the form: saved, and the checks before a start refuse to run it.
+def test_catalog_problems_are_errors(world):
     data = config(world)
     data["tasks"][0]["table"] = "no_such_table"
+    with pytest.raises(ConfigError) as err:
+        apply_config(dump(data))
+    [error] = err.value.errors
+    assert error == (f"tasks[0].table is invalid: Table 'no_such_table' does not exist in database "
+                     f"{world['database']!r} (or the user cannot see it). (line 18)")
+    data = config(world)
+    data["tasks"][0].update(text_template="{title} {nope}", payload_columns=["name", "gone"])
+    with pytest.raises(ConfigError) as err:
+        apply_config(dump(data))
+    columns = "(it has: body, id, kind, module, name, stars, title, updated_at)"
+    assert err.value.errors == [
+        f"tasks[0].text_template is invalid: The text template names column 'nope' that 'docs' does not have "
+        f"{columns}. (line 19)",
+        f"tasks[0].payload_columns is invalid: Payload column 'gone' does not exist in 'docs' {columns}. (line 20)",
+    ]
+    assert not SyncTask.objects.exists()
+
+
+def test_a_task_whose_source_is_down_is_saved_with_a_note(world):
+    # The policy of save_task everywhere: saved with a warning, and start refuses until the
+    # source answers and the table and columns check out.
+    data = config(world)
+    data["sources"][0]["port"] = devservers.free_port()
     changes = apply_config(dump(data))
     note = next(c.note for c in changes if c.kind == "task")
-    assert note.startswith("no primary key was read for table 'no_such_table'")
+    assert note.startswith("Table 'docs' and its columns were not checked: Cannot reach the database server at "
+                           f"127.0.0.1:{data['sources'][0]['port']}")
     assert "check_source --task products" in note
+    with pytest.raises(TaskNotReady, match="Cannot reach the database server"):
+        start_task(SyncTask.objects.get(name="products"), enqueue=False)
+    # Applying again while it is still down says so again, though nothing changed.
+    [task_change] = [c for c in apply_config(dump(data)) if c.kind == "task"]
+    assert task_change.action == "unchanged" and "were not checked" in task_change.note
     assert all(not c.note for c in apply_config(dump(config(world))))
+
+
+def test_a_table_without_primary_key_is_saved_with_a_note(world):
+    with world["conn"].cursor() as cur:
+        cur.execute("CREATE TABLE notes (body TEXT, author VARCHAR(50))")
+    data = config(world)
+    data["tasks"][0].update(table="notes", text_template="{body}", payload_columns=["author"])
+    [change] = [c for c in apply_config(dump(data)) if c.kind == "task"]
+    assert change.action == "created" and SyncTask.objects.get(name="products").primary_key == []
+    assert change.note.startswith("Table 'notes' has no primary key: the task is saved, but it will not start")
+
+
+def test_index_settings_apply_and_a_bad_combination_names_the_task(world):
+    data = config(world)
+    data["tasks"][0].update(index_type="HNSW", metric="IP", hnsw_m=8, hnsw_ef_construction=64)
+    apply_config(dump(data))
+    task = SyncTask.objects.get(name="products")
+    assert (task.index_type, task.metric, task.hnsw_m, task.hnsw_ef_construction) == ("HNSW", "IP", 8, 64)
+    exported = yaml.safe_load(export_config())["tasks"][0]
+    assert {k: exported[k] for k in ("index_type", "metric", "hnsw_m", "hnsw_ef_construction", "ivf_nlist")} == {
+        "index_type": "HNSW", "metric": "IP", "hnsw_m": 8, "hnsw_ef_construction": 64, "ivf_nlist": 128}
+
+    data["stores"][0] = {"name": "local-qdrant", "kind": "qdrant", "uri": "/tmp/nowhere-qdrant"}
+    data["tasks"][0].update(store="local-qdrant", index_type="IVF_FLAT")
+    before = snapshot()
+    with pytest.raises(ConfigError) as err:
+        apply_config(dump(data))
+    [error] = err.value.errors
+    assert error.startswith("tasks[0].index_type is invalid: Qdrant has no IVF_FLAT index: choose AUTOINDEX or HNSW.")
+    assert snapshot() == before
 
 
 BAD_FILE = """\

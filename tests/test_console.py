@@ -11,7 +11,7 @@ from django.urls import reverse
 
 from accounts.roles import ADMIN, OPERATOR, VIEWER, sync_role_groups
 from accounts.services import create_user, grant
-from datasources.models import DataSource, VectorStore
+from datasources.models import DataSource, EmbeddingModel, VectorStore
 from datasources.services import save_source, save_store
 from rsync_admin import devservers
 from rsync_admin.corpus import create_docs_table
@@ -338,36 +338,117 @@ def test_create_a_task_through_the_form(client_in, docs_source):
     assert task.batch_size == 32 and task.payload_columns == ["name"] and task.name == data["name"]
 
 
+def field_errors(page: str, field: str) -> list[str]:
+    """The error messages shown under one field of a form page."""
+    from html import unescape
+
+    return [unescape(m) for m in re.findall(rf'<p class="error" id="error-{field}(?:-\d+)?">(.*?)</p>', page)]
+
+
+DOCS_COLUMNS = "body, id, kind, module, name, stars, title, updated_at"
+
+
+@servers
+def test_the_form_chooses_the_vectorizer_chunking_and_vector_index(client_in, docs_source, qdrant_folder):
+    source, store, _ = docs_source
+    structured = EmbeddingModel.objects.create(name="by-stars", kind="structured", columns=["stars", "id"])
+    page = html(client_in.get(reverse("console:task-create")))
+    # The bundled model is the default: no vectorizer picked.
+    assert re.search(r'<select name="vectorizer"[^>]*>\s*<option value="" selected>None: the bundled model', page)
+    assert f'<option value="{structured.pk}">by-stars</option>' in page
+    for name in ("chunk_size", "chunk_overlap", "index_type", "metric", "hnsw_m", "hnsw_ef_construction",
+                 "ivf_nlist"):
+        assert f'name="{name}"' in page, name
+
+    data = task_post(source, store, vectorizer=structured.pk, chunk_size="128", chunk_overlap="16",
+                     index_type="HNSW", metric="L2", hnsw_m="8", hnsw_ef_construction="64")
+    response = client_in.post(reverse("console:task-create"), data)
+    assert response.status_code == 302, html(response)
+    task = SyncTask.objects.get(name=data["name"])
+    assert (task.vectorizer, task.chunk_size, task.chunk_overlap) == (structured, 128, 16)
+    assert (task.index_type, task.metric, task.hnsw_m, task.hnsw_ef_construction) == ("HNSW", "L2", 8, 64)
+    page = html(client_in.get(reverse("console:task-edit", args=[task.pk])))
+    assert f'<option value="{structured.pk}" selected>by-stars</option>' in page
+    assert '<option value="HNSW" selected>' in page and '<option value="L2" selected>' in page
+
+    # The same rules as the API: a structured vectorizer reads real columns, Qdrant has no IVF_FLAT.
+    missing = EmbeddingModel.objects.create(name="by-rank", kind="structured", columns=["rank"])
+    qdrant = save_store(name=slug("qdrant"), kind="qdrant", uri=str(qdrant_folder))
+    response = client_in.post(reverse("console:task-create"), task_post(
+        source, qdrant, vectorizer=missing.pk, index_type="IVF_FLAT", chunk_size="16", chunk_overlap="16"))
+    page = html(response)
+    assert field_errors(page, "index_type") == ["Qdrant has no IVF_FLAT index: choose AUTOINDEX or HNSW."]
+    assert field_errors(page, "vectorizer") == [
+        f"The structured vectorizer 'by-rank' reads column 'rank' that 'docs' does not have (it has: {DOCS_COLUMNS})."]
+    assert field_errors(page, "chunk_overlap") == ["The overlap must be smaller than the chunk size (16 tokens)."]
+    assert re.search(r'<details id="index-settings"\s+open>', page)  # the error is not hidden in a closed panel
+    assert SyncTask.objects.count() == 1
+
+
 @servers
 def test_task_form_validates_against_the_catalog(client_in, docs_source):
+    """The rules and words of tasks.validation, as the API and config files give them."""
     source, store, _ = docs_source
     data = task_post(source, store, text_template="{title} {nope}", payload_columns=["name", "missing"],
                      table="absent", batch_size="0")
     response = client_in.post(reverse("console:task-create"), data)
     assert response.status_code == 200
     page = html(response)
-    for field in ("table", "payload_columns", "batch_size"):
-        assert f'id="error-{field}"' in page, field
-    response = client_in.post(reverse("console:task-create"), task_post(source, store, text_template="{title} {nope}"))
+    assert field_errors(page, "table") == [
+        f"Table 'absent' does not exist in database {source.database!r} (or the user cannot see it)."]
+    assert field_errors(page, "batch_size") == ["Ensure this value is greater than or equal to 1."]
+    response = client_in.post(reverse("console:task-create"), task_post(
+        source, store, text_template="{title} {nope}", payload_columns=["name", "missing", "_key"]))
     page = html(response)
-    assert 'id="error-text_template"' in page and "Unknown column nope" in page
+    assert field_errors(page, "text_template") == [
+        f"The text template names column 'nope' that 'docs' does not have (it has: {DOCS_COLUMNS})."]
+    assert field_errors(page, "payload_columns") == [
+        "'_key' clashes with a field Milvus keeps for itself (_chunk, _key, _row_key, _text, _text_hash, _vector).",
+        f"Payload column 'missing' does not exist in 'docs' (it has: {DOCS_COLUMNS}).",
+    ]
     response = client_in.post(reverse("console:task-create"), task_post(source, store, text_template="{title"))
-    assert "Not a valid template" in html(response)
+    assert field_errors(html(response), "text_template") == [
+        "Not a valid template: expected '}' before end of string. Put column names in braces, e.g. {title}; "
+        "write {{ for a brace."]
+    response = client_in.post(reverse("console:task-create"), task_post(source, store, capture="poll"))
+    assert field_errors(html(response), "updated_at_column") == [
+        "Polling needs the column that changes on every write (e.g. updated_at)."]
     assert not SyncTask.objects.exists()
 
 
 @pytest.mark.django_db
-def test_task_form_with_a_source_that_is_down(client_in):
-    source = save_source(name=slug("down"), host="127.0.0.1", port=devservers.free_port(), database="x", user="u")
+def test_task_form_with_a_source_that_is_down_saves_with_a_warning(client_in):
+    """The same policy as the API and config files: saved with a warning, start refuses."""
+    port = devservers.free_port()
+    source = save_source(name=slug("down"), host="127.0.0.1", port=port, database="x", user="u")
     store = save_store(name=slug("store"), uri="http://127.0.0.1:9")
     page = html(client_in.get(reverse("console:task-catalog"), {"source": source.pk}))
     assert 'id="catalog-error"' in page and "connection refused" in page
-    response = client_in.post(reverse("console:task-create"), task_post(source, store))
-    assert response.status_code == 200
-    assert 'id="error-source"' in html(response) and "connection refused" in html(response)
+    # The pickers cannot list anything: the table and payload columns are typed instead.
+    page = html(client_in.get(reverse("console:task-create"), {"source": source.pk}))
+    assert '<input type="text" name="table"' in page and '<input type="text" name="payload_columns"' in page
     response = client_in.post(reverse("console:task-preview"), task_post(source, store), HTTP_HX_REQUEST="true")
     assert response.status_code == 200 and "connection refused" in html(response)
     assert not SyncTask.objects.exists()
+
+    response = client_in.post(reverse("console:task-create"), task_post(source, store, payload_columns="name, stars"),
+                              follow=True)
+    task = SyncTask.objects.get()
+    assert response.redirect_chain == [(reverse("console:task-detail", args=[task.pk]), 302)]
+    assert (task.table, task.payload_columns, task.primary_key) == ("docs", ["name", "stars"], [])
+    assert f"Task {task.name} saved." in messages_of(response)
+    assert (f"Table 'docs' and its columns were not checked: Cannot reach the database server at 127.0.0.1:{port} "
+            "(connection refused: nothing listens on that port). The task is saved; it will not start until the "
+            "source answers and the check passes.") in messages_of(response)
+
+    # Editing while it is still down shows what was saved in the typed inputs.
+    page = html(client_in.get(reverse("console:task-edit", args=[task.pk])))
+    assert 'name="table" value="docs"' in page and 'name="payload_columns" value="name, stars"' in page
+
+    response = client_in.post(reverse("console:task-start", args=[task.pk]), follow=True)
+    refused = f"Cannot start {task.name}: Cannot reach the database server"
+    assert any(m.startswith(refused) for m in messages_of(response))
+    assert not task.runs.exists()
 
 
 @servers
@@ -388,7 +469,8 @@ def test_preview_renders_five_real_rows_before_saving(client_in, docs_source):
     assert not SyncTask.objects.exists()  # nothing saved
 
     page = html(client_in.post(reverse("console:task-preview"), task_post(source, store, text_template="{nope}")))
-    assert 'id="preview-errors"' in page and "Unknown column nope" in page
+    assert 'id="preview-errors"' in page
+    assert "The text template names column &#x27;nope&#x27; that &#x27;docs&#x27; does not have" in page
 
 
 # -- task page --------------------------------------------------------------------------------

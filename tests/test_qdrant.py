@@ -24,6 +24,7 @@ from datasources.connectors.milvus import (
     TEXT_FIELD,
     VECTOR_FIELD,
     CollectionSpec,
+    VectorIndex,
 )
 from datasources.connectors.qdrant import KEY_NAMESPACE, QdrantTarget, in_use_message, point_id
 from rsync_admin.devservers import free_port
@@ -117,8 +118,8 @@ def test_varchar_primary_key_syncs_and_keeps_the_original_keys(make_task, source
 
 def record_calls(monkeypatch, client) -> tuple[list[dict], dict[str, str]]:
     """Record collection and payload index creation on their way to the real client: local mode
-    keeps no payload indexes (its collection info reports an empty payload schema) and reports
-    fixed HNSW settings, so neither can be read back from it."""
+    keeps no payload indexes (its collection info reports an empty payload schema), so they cannot
+    be read back from it. (HNSW settings can: they are set on the vector, which local mode keeps.)"""
     created: list[dict] = []
     indexed: dict[str, str] = {}
     real_create, real_index = client.create_collection, client.create_payload_index
@@ -238,21 +239,30 @@ EXPECTED_INDEXES = {
 
 def test_collection_layout_and_payload_indexes(target, monkeypatch):
     client = target.client
-    created, indexed = record_calls(monkeypatch, client)
-    layout = spec("docs", key_is_integer=True, columns=PAYLOAD, hnsw_m=32, hnsw_ef_construct=200)
+    _, indexed = record_calls(monkeypatch, client)
+    layout = spec("docs", key_is_integer=True, columns=PAYLOAD,
+                  index=VectorIndex(type="HNSW", metric="L2", hnsw_m=32, hnsw_ef_construction=200))
     assert target.ensure_collection(layout) is True
     assert indexed == EXPECTED_INDEXES  # free text and JSON are what the vector is for: no index
-    hnsw = created[0]["hnsw_config"]
-    assert (hnsw.m, hnsw.ef_construct) == (32, 200)
     vector = client.get_collection("docs").config.params.vectors[VECTOR_FIELD]
-    assert (vector.size, vector.distance.value) == (DIM, "Cosine")
+    assert (vector.size, vector.distance.value) == (DIM, "Euclid")
+    assert (vector.hnsw_config.m, vector.hnsw_config.ef_construct) == (32, 200)
+    # AUTOINDEX leaves the graph to Qdrant's defaults.
+    assert target.ensure_collection(spec("auto")) is True
+    assert client.get_collection("auto").config.params.vectors[VECTOR_FIELD].hnsw_config is None
 
     assert target.ensure_collection(layout) is False
     with pytest.raises(ConnectorError, match="holds 4-dimensional vectors but the model makes 8"):
-        target.ensure_collection(spec("docs", key_is_integer=True, columns=PAYLOAD, dimension=8))
+        target.ensure_collection(spec("docs", key_is_integer=True, columns=PAYLOAD, dimension=8, index=layout.index))
+    with pytest.raises(ConnectorError, match="compares vectors by Euclid but the task asks for COSINE"):
+        target.ensure_collection(spec("docs", key_is_integer=True, columns=PAYLOAD))
+    with pytest.raises(ConnectorError, match=r"is indexed with HNSW \(M=32, ef_construction=200\) by L2 but the "
+                                             r"task asks for HNSW \(M=16, ef_construction=200\) by L2"):
+        target.ensure_collection(spec("docs", key_is_integer=True, columns=PAYLOAD,
+                                      index=VectorIndex(type="HNSW", metric="L2", hnsw_ef_construction=200)))
     target.upsert("docs", [row(1, [1.0, 0.0, 0.0, 0.0])])
     with pytest.raises(ConnectorError, match="holds integer keys"):
-        target.ensure_collection(spec("docs", key_is_integer=False, columns=PAYLOAD))
+        target.ensure_collection(spec("docs", key_is_integer=False, columns=PAYLOAD, index=layout.index))
 
 
 def test_a_server_that_is_down_is_unavailable_so_the_runner_retries():

@@ -22,13 +22,19 @@ def source_connector(source):
         raise ValueError(f"No connector for data sources of kind {source.kind!r}.") from None
 
 
-def target_connector(store):
-    """The connector for a `VectorStore`."""
+def target_class(kind: str):
+    """The connector class for a kind of vector store, for its rules (reserved names, index types)
+    without opening a connection."""
     from .milvus import MilvusTarget
     from .qdrant import QdrantTarget
 
     connectors = {"milvus": MilvusTarget, "qdrant": QdrantTarget}
     try:
-        return connectors[store.kind].from_model(store)
+        return connectors[kind]
     except KeyError:
-        raise ValueError(f"No connector for vector stores of kind {store.kind!r}.") from None
+        raise ValueError(f"No connector for vector stores of kind {kind!r}.") from None
+
+
+def target_connector(store):
+    """The connector for a `VectorStore`."""
+    return target_class(store.kind).from_model(store)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,32 @@ READ_BATCH = 1000
 GRPC_OPTIONS = {"grpc.keepalive_time_ms": 300_000, "grpc.keepalive_permit_without_calls": False}
 
 
+# Field names a Milvus server accepts (Milvus Lite is laxer; a server is what matters).
+FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class VectorIndex:
+    """How the vector field is indexed: the task's choice, checked by `tasks.validation`.
+
+    `type` is AUTOINDEX (the store picks: Milvus its AUTOINDEX, Qdrant HNSW with its defaults),
+    HNSW or IVF_FLAT (Milvus only). `metric` uses Milvus' names; Qdrant's Cosine, Dot and Euclid
+    are the same three. The HNSW and IVF parameters are used only by their own index type.
+    """
+
+    type: str = "AUTOINDEX"
+    metric: str = "COSINE"
+    hnsw_m: int = 16
+    hnsw_ef_construction: int = 100
+    ivf_nlist: int = 128
+
+    def describe(self) -> str:
+        """"HNSW (M=8, ef_construction=64) by IP", for messages."""
+        params = {"HNSW": f" (M={self.hnsw_m}, ef_construction={self.hnsw_ef_construction})",
+                  "IVF_FLAT": f" (nlist={self.ivf_nlist})"}.get(self.type, "")
+        return f"{self.type}{params} by {self.metric}"
+
+
 @dataclass(frozen=True)
 class CollectionSpec:
     """What a task's collection looks like, derived from the task and the source catalog."""
@@ -40,12 +67,12 @@ class CollectionSpec:
     key_is_integer: bool
     dimension: int
     payload_columns: list[Column]
-    metric: str = "COSINE"
-    index_type: str = "AUTOINDEX"
     chunked: bool = False
-    # HNSW graph parameters for stores that take them (Qdrant); Milvus' AUTOINDEX chooses its own.
-    hnsw_m: int = 16
-    hnsw_ef_construct: int = 100
+    index: VectorIndex = VectorIndex()
+
+    @property
+    def metric(self) -> str:
+        return self.index.metric
 
 
 def chunk_key(row_key: int | str, number: int) -> str:
@@ -74,7 +101,30 @@ def encode_key(key: tuple, key_is_integer: bool) -> int | str:
     return json.dumps(list(key), separators=(",", ":"), default=str)
 
 
+def milvus_index_params(index: VectorIndex) -> dict[str, Any]:
+    """The build parameters Milvus takes for the index type (AUTOINDEX takes none)."""
+    if index.type == "HNSW":
+        return {"M": index.hnsw_m, "efConstruction": index.hnsw_ef_construction}
+    if index.type == "IVF_FLAT":
+        return {"nlist": index.ivf_nlist}
+    return {}
+
+
 class MilvusTarget:
+    LABEL = "Milvus"
+    # What a task may choose for this store (tasks.validation checks the task against these).
+    INDEX_TYPES = ("AUTOINDEX", "HNSW", "IVF_FLAT")
+    METRICS = ("COSINE", "IP", "L2")
+    RESERVED_FIELDS = frozenset(RESERVED_FIELDS)
+
+    @staticmethod
+    def payload_name_problem(name: str) -> str | None:
+        """Why a payload column cannot be a field of a collection, or None."""
+        if not FIELD_NAME.match(name):
+            return (f"{name!r} cannot be a Milvus field name: Milvus takes letters, digits and underscores, "
+                    "starting with a letter or underscore (rename the column in a view).")
+        return None
+
     def __init__(self, *, uri: str, token: str = "", timeout: float = 30.0) -> None:
         self.uri, self.token, self.timeout = uri, token, timeout
         self._client = None
@@ -167,8 +217,17 @@ class MilvusTarget:
                 schema.add_field(column.name, DataType.JSON, nullable=True)
             else:
                 schema.add_field(column.name, DataType.VARCHAR, max_length=VARCHAR_MAX, nullable=True)
+        # The vector index is made with the collection, not after the first snapshot: Milvus
+        # loads (and so queries, searches or counts) only a collection whose vector field has an
+        # index, and the pipeline reads while it writes (stored hashes when a snapshot resumes
+        # after a crash, a chunked row's chunks, the console's search during the snapshot). Nor
+        # is anything saved by waiting: Milvus indexes each segment in the background as it is
+        # sealed, so rows written before or after the index is declared are indexed once either way.
         index_params = self._call("prepare_index_params")
-        index_params.add_index(field_name=VECTOR_FIELD, index_type=spec.index_type, metric_type=spec.metric)
+        index_params.add_index(
+            field_name=VECTOR_FIELD, index_type=spec.index.type, metric_type=spec.index.metric,
+            params=milvus_index_params(spec.index),
+        )
         if spec.chunked:
             index_params.add_index(field_name=ROW_KEY_FIELD, index_type="INVERTED")
         self._call(
@@ -197,6 +256,33 @@ class MilvusTarget:
             raise ConnectorError(
                 f"Collection {spec.name!r} has no field for payload column(s) {', '.join(missing)}: "
                 "re-snapshot into a new collection to change the payload."
+            )
+        self._verify_index(spec)
+
+    def _verify_index(self, spec: CollectionSpec) -> None:
+        """The collection's vector index must be the one the task asks for.
+
+        Rebuilding it in place would release the collection (searches fail until it is loaded
+        again), so a change of index is a new collection, as a change of model is. Build
+        parameters are compared when the server reports them (Milvus Lite reports only the type
+        and the metric).
+        """
+        try:
+            described = self._call("describe_index", spec.name, VECTOR_FIELD)
+        except ConnectorError:
+            described = None
+        if not described:
+            return  # no index to compare (made by hand): loading will say what is wrong
+        wanted = {"index_type": spec.index.type, "metric_type": spec.index.metric,
+                  **{k: str(v) for k, v in milvus_index_params(spec.index).items()}}
+        differs = [k for k, v in wanted.items() if k in described and str(described[k]).upper() != v.upper()]
+        if differs:
+            params = ", ".join(f"{k}={described[k]}" for k in ("M", "efConstruction", "nlist") if k in described)
+            have = f"{described.get('index_type')}{f' ({params})' if params else ''} by {described.get('metric_type')}"
+            raise ConnectorError(
+                f"Collection {spec.name!r} is indexed with {have} but the task asks for {spec.index.describe()}: "
+                "a different index needs a new collection (change the collection name, or drop this one and "
+                "take a new snapshot)."
             )
 
     def drop_collection(self, name: str) -> None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .base import CheckResult, Column, ConnectorError, Unavailable
-from .milvus import KEY_FIELD, ROW_KEY_FIELD, TEXT_FIELD, VECTOR_FIELD, CollectionSpec
+from .milvus import KEY_FIELD, RESERVED_FIELDS, ROW_KEY_FIELD, TEXT_FIELD, VECTOR_FIELD, CollectionSpec
 
 logger = logging.getLogger(__name__)
 # We create payload indexes in local mode too (same code path as a server); local mode ignores
@@ -220,6 +220,23 @@ def _release_local(folder: str, shared: _LocalFolder) -> None:
 
 
 class QdrantTarget:
+    LABEL = "Qdrant"
+    # What a task may choose for this store (tasks.validation checks the task against these).
+    INDEX_TYPES = ("AUTOINDEX", "HNSW")
+    METRICS = tuple(DISTANCES)
+    # The point layout is the Milvus one (see the module docstring): the same names are taken.
+    RESERVED_FIELDS = frozenset(RESERVED_FIELDS)
+
+    @staticmethod
+    def payload_name_problem(name: str) -> str | None:
+        """Why a payload column cannot be a payload key, or None."""
+        if any(c in name for c in ".[]"):
+            # Filters and payload indexes read "a.b" and "a[]" as paths into nested values, so the
+            # index made for such a column would index something else.
+            return (f"{name!r} cannot be a Qdrant payload key: Qdrant reads '.' and '[]' as paths into "
+                    "nested values (rename the column in a view).")
+        return None
+
     def __init__(
         self, *, uri: str, token: str = "", timeout: float = 30.0, local_wait: float = LOCAL_OPEN_WAIT
     ) -> None:
@@ -351,10 +368,16 @@ class QdrantTarget:
             self._create_payload_indexes(spec)  # idempotent: picks up a column added to the payload
             self._use_write_ahead_log(spec.name)  # synchronous is per connection: set on every open
             return False
+        # Qdrant's optimizer builds the HNSW graph in the background once a segment grows past
+        # its indexing_threshold, so a snapshot's rows are indexed in bulk after they are
+        # written, as the design asks, with nothing for us to schedule; local mode searches
+        # exactly and builds no graph. The parameters sit on the vector itself so that both a
+        # server and local mode report them back (local mode drops a collection-wide hnsw_config).
         self._call(
             "create_collection", spec.name,
-            vectors_config={VECTOR_FIELD: models.VectorParams(size=spec.dimension, distance=self._distance(spec))},
-            hnsw_config=models.HnswConfigDiff(m=spec.hnsw_m, ef_construct=spec.hnsw_ef_construct),
+            vectors_config={VECTOR_FIELD: models.VectorParams(
+                size=spec.dimension, distance=self._distance(spec), hnsw_config=self._hnsw(spec),
+            )},
         )
         self._create_payload_indexes(spec)
         self._use_write_ahead_log(spec.name)
@@ -391,6 +414,15 @@ class QdrantTarget:
                 f"Qdrant has no metric {spec.metric!r}: use one of {', '.join(DISTANCES)}."
             ) from None
 
+    @staticmethod
+    def _hnsw(spec: CollectionSpec) -> Any:
+        """The task's HNSW parameters; None (Qdrant's defaults) unless it chose HNSW."""
+        from qdrant_client import models
+
+        if spec.index.type != "HNSW":
+            return None
+        return models.HnswConfigDiff(m=spec.index.hnsw_m, ef_construct=spec.index.hnsw_ef_construction)
+
     def _create_payload_indexes(self, spec: CollectionSpec) -> None:
         from qdrant_client import models
 
@@ -421,6 +453,20 @@ class QdrantTarget:
                 f"Collection {spec.name!r} compares vectors by {params.distance.value} but the task asks for "
                 f"{spec.metric}: use a new collection."
             )
+        if spec.index.type == "HNSW":
+            # The vector's own parameters, else the collection's (collections made before tasks
+            # chose their index carry only those).
+            own, shared = params.hnsw_config, info.config.hnsw_config
+            have = tuple(
+                getattr(own, key, None) if getattr(own, key, None) is not None else getattr(shared, key, None)
+                for key in ("m", "ef_construct")
+            )
+            if have != (spec.index.hnsw_m, spec.index.hnsw_ef_construction):
+                raise ConnectorError(
+                    f"Collection {spec.name!r} is indexed with HNSW (M={have[0]}, ef_construction={have[1]}) by "
+                    f"{spec.metric} but the task asks for {spec.index.describe()}: a different index needs a new "
+                    "collection (change the collection name, or drop this one and take a new snapshot)."
+                )
         # Integer and string keys map to different point ids, so mixing them would duplicate rows.
         points, _ = self._call("scroll", spec.name, limit=1, with_payload=[KEY_FIELD], with_vectors=False)
         if points and KEY_FIELD in (points[0].payload or {}):

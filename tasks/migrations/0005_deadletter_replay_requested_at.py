@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('tasks', '0003_synctask_capture_synctask_chunk_overlap_and_more'),
+        ('tasks', '0004_vector_index'),
     ]
 
     operations = [
