@@ -8,6 +8,7 @@ Runs and dead letters are records: read-only, and seen only through a task the u
 from __future__ import annotations
 
 import redis
+from django import forms
 from django.contrib import admin, messages
 from kombu.exceptions import OperationalError as BrokerError
 
@@ -18,6 +19,7 @@ from datasources.selectors import sources_for, stores_for
 
 from . import selectors, services
 from .models import Checkpoint, DeadLetter, SyncRun, SyncTask
+from .validation import validate_task
 
 
 class CheckpointInline(admin.StackedInline):
@@ -29,8 +31,26 @@ class CheckpointInline(admin.StackedInline):
         return False
 
 
+class SyncTaskAdminForm(forms.ModelForm):
+    """Checks the task by the rules the console, the API and config files use (`validate_task`),
+    so a bad task is a form error here too, never a failed save."""
+
+    class Meta:
+        model = SyncTask
+        fields = ["name", "source", "store", *services.TASK_FIELDS]
+
+    def _post_clean(self) -> None:
+        super()._post_clean()  # puts the cleaned data on the instance
+        if self.errors:
+            return  # the fields' own errors first: the rules would only repeat them
+        for name, errors in validate_task(self.instance).errors.items():
+            for message in errors:
+                self.add_error(name if name in self.fields else None, message)
+
+
 @admin.register(SyncTask)
 class SyncTaskAdmin(ServiceAdminMixin, ObjectPermissionAdminMixin, admin.ModelAdmin):
+    form = SyncTaskAdminForm
     list_display = ["name", "source", "store", "table", "collection", "mode", "desired_state", "updated_at"]
     # Related-only: the filter lists the sources and stores of the tasks shown, not every one.
     list_filter = ["mode", "desired_state", ("source", admin.RelatedOnlyFieldListFilter),

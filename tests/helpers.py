@@ -187,3 +187,29 @@ def admin_form_data(response, **overrides) -> dict:
         for form in formset.forms:
             data.update(form_data(form))
     return data
+
+
+def websocket_outcome(task_id: int, session: str | None = None) -> str | int:
+    """Open a task's progress websocket through the real ASGI app as a browser would: "open", or
+    the code it was closed with (4401 signed out, 4404 no access)."""
+    import asyncio
+
+    from channels.testing import WebsocketCommunicator
+
+    from rsync_admin.asgi import application
+
+    async def attempt():
+        headers = [(b"origin", b"http://localhost")]
+        if session:
+            headers.append((b"cookie", f"sessionid={session}".encode()))
+        communicator = WebsocketCommunicator(application, f"/ws/tasks/{task_id}/", headers=headers)
+        connected, code = await communicator.connect()
+        if not connected:
+            return f"handshake refused ({code})"
+        if await communicator.receive_nothing(timeout=0.3):
+            await communicator.disconnect()
+            return "open"
+        message = await communicator.receive_output()
+        return message["code"] if message["type"] == "websocket.close" else f"unexpected {message}"
+
+    return asyncio.run(attempt())

@@ -19,7 +19,7 @@ from tasks import events
 from tasks.models import Checkpoint, SyncTask
 from tasks.services import save_task, start_task, stop_task
 
-from .helpers import admin_form_data
+from .helpers import admin_form_data, websocket_outcome
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -115,10 +115,13 @@ def test_an_operator_creates_edits_and_deletes_a_source_in_admin_through_the_ser
     assert response.status_code == 302, response.content.decode()[:2000]
     source = DataSource.objects.get(name="oscars-db")
     assert source.get_password() == "first-s3cret"
-    [event] = events_after(before)
+    # Created, and (an Operator has no model-wide rights) granted to its creator, in one transaction.
+    event, grant_event = events_after(before)
     assert (event.action, event.actor_name, event.ip_address, event.object_id) == ("create", "oscar", IP,
                                                                                    str(source.pk))
     assert event.diff["password"] == "changed"
+    assert (grant_event.action, grant_event.object_id, grant_event.diff["reason"]) == ("grant", str(source.pk),
+                                                                                       "creator")
     # The creator manages it (an Operator has no model-wide rights): it is theirs to change.
     change_url = f"/admin/datasources/datasource/{source.pk}/change/"
     shown = client.get(change_url)
@@ -163,6 +166,19 @@ def test_a_task_saved_in_admin_gets_its_primary_key_checkpoint_and_audit_entry(c
     [event] = events_after(before)
     assert (event.action, event.actor_name, event.ip_address, event.object_id) == ("create", "adam", IP,
                                                                                    str(task.pk))
+
+
+def test_admin_checks_a_task_by_the_same_rules_as_the_console_and_api(client, roles, make_task):
+    existing = make_task(2)
+    client.force_login(create_user(username="adam", password="pw-adam-12345", roles=[ADMIN]))
+    add = client.get("/admin/tasks/synctask/add/")
+    response = client.post("/admin/tasks/synctask/add/", admin_form_data(
+        add, name="admin-bad", source=existing.source_id, store=existing.store_id, table="docs",
+        text_template="{title} {nope}", collection="admin_bad", payload_columns='["name"]'))
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert "nope" in " ".join(errors["text_template"]), errors
+    assert not SyncTask.objects.filter(name="admin-bad").exists()
 
 
 def test_admin_refuses_to_delete_a_running_task_with_a_message(client, roles, make_task):
@@ -383,17 +399,10 @@ def test_staff_status_follows_the_administrator_roles_when_they_change(roles):
 
 
 def test_websocket_rejects_anonymous_users(make_task):
+    """Accepted, then closed with 4401: a browser sees the code (a refused handshake would reach it
+    as 1006, which the page cannot tell from a network failure)."""
     task = make_task(1)
-
-    async def attempt():
-        communicator = WebsocketCommunicator(application, f"/ws/tasks/{task.pk}/",
-                                             headers=[(b"origin", b"http://localhost")])
-        connected, code = await communicator.connect()
-        await communicator.disconnect()
-        return connected, code
-
-    connected, code = asyncio.run(attempt())
-    assert not connected and code == 4401
+    assert websocket_outcome(task.pk) == 4401
 
 
 def test_websocket_delivers_events_in_seq_order(make_task, admin_user, client):

@@ -14,11 +14,9 @@ answer into an outcome and fails on any other status code.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 import pytest
-from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import reverse
@@ -28,10 +26,9 @@ from accounts.roles import ADMIN, OPERATOR, SUPER_ADMIN, VIEWER, sync_role_group
 from accounts.services import create_user, grant, issue_token, revoke_token, set_active
 from datasources.models import DataSource, VectorStore
 from datasources.services import save_source, save_store
-from rsync_admin.asgi import application
 from tasks.models import SyncRun, SyncTask
 
-from .helpers import admin_form_data, form_data
+from .helpers import admin_form_data, form_data, websocket_outcome
 
 pytestmark = pytest.mark.django_db
 
@@ -303,27 +300,14 @@ def test_permission_matrix(world, surface, kind, who):
 # -- websocket ----------------------------------------------------------------------------------
 
 
-def _websocket(session: str | None, task_id: int) -> tuple[bool, int | None]:
-    async def attempt():
-        headers = [(b"origin", b"http://localhost")]
-        if session:
-            headers.append((b"cookie", f"sessionid={session}".encode()))
-        communicator = WebsocketCommunicator(application, f"/ws/tasks/{task_id}/", headers=headers)
-        connected, code = await communicator.connect()
-        await communicator.disconnect()
-        return connected, code
-
-    return asyncio.run(attempt())
-
-
 @pytest.mark.django_db(transaction=True)  # the consumer reads the database from another thread
 @pytest.mark.parametrize("who", USERS)
 def test_websocket_matrix(world, who):
     """Viewing a task's live progress: the socket opens (ok) or closes with 4404 (404)."""
     task = world.objects["task"]
     client = logged_in(world.users[who])
-    connected, code = _websocket(client.cookies["sessionid"].value, task.pk)
-    observed = "ok" if connected else {4404: "404", 4403: "403"}.get(code, f"closed {code}")
+    outcome = websocket_outcome(task.pk, client.cookies["sessionid"].value)
+    observed = {"open": "ok", 4404: "404", 4403: "403"}.get(outcome, f"closed {outcome}")
     assert observed == EXPECTED[("task", "view")][who]
 
 
