@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import time
 
 import pytest
@@ -43,8 +44,11 @@ def test_command_progress_redraws_one_line_on_a_terminal_with_rate_and_eta():
         bar(300, 300)
         bar.finish()
         terminal.flush()
-        output = os.read(leader, 65536).decode()
+        output = b""
+        while select.select([leader], [], [], 0.5)[0]:  # all of it: one read may return only part
+            output += os.read(leader, 65536)
     os.close(leader)
+    output = output.decode()
     redraws = output.split("\r\x1b[K")
     assert len(redraws) >= 3, output
     # Every redraw replaces the line: no newline until the bar is finished.
