@@ -10,7 +10,7 @@ import pytest
 from datasources.connectors.base import normalize_value
 from datasources.connectors.polling import task_source_connector
 from datasources.services import save_source, save_store
-from tasks.models import Checkpoint, SyncTask
+from tasks.models import Checkpoint
 from tasks.services import save_task
 
 from .conftest import unique
@@ -19,23 +19,15 @@ from .helpers import target_rows, wait_until
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def add_polling_columns(conn):
-    with conn.cursor() as cur:
-        cur.execute("ALTER TABLE docs ADD COLUMN deleted_at DATETIME NULL")
+@pytest.fixture
+def capture() -> str:
+    """Every task `make_task` builds here polls (conftest's POLLING: a deleted_at column added)."""
+    return "poll"
 
 
 def make_polling_task(make_task, conn, rows=20, **options):
-    task = make_task(rows, template="{title}", batch_size=5)  # pages of 5 rows
-    add_polling_columns(conn)
-    task.capture = SyncTask.Capture.POLL
-    task.updated_at_column = "updated_at"
-    task.soft_delete_column = "deleted_at"
-    task.poll_interval = 0.2
-    task.overlap_seconds = 2.0
-    for key, value in options.items():
-        setattr(task, key, value)
-    task.save()
-    return task
+    # Pages of 5 rows; a short overlap window.
+    return make_task(rows, template="{title}", batch_size=5, **{"overlap_seconds": 2.0, **options})
 
 
 def visible_source_keys(conn) -> set:
