@@ -31,9 +31,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import math
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -42,21 +40,28 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from common import (
+    PAYLOAD,
+    RESULTS,
+    ROOT,
+    T0,
+    TEMPLATE,
+    configure_environment,
+    machine_info,
+    make_task,
+    percentile,
+    rnd,
+    say,
+    setup_django,
+)
 
-RESULTS = ROOT / "bench" / "results"
 DEFAULT_OUTPUT = RESULTS / "connectors_throughput.json"
 QUICK_OUTPUT = RESULTS / "connectors_throughput.quick.json"  # ignored by git (bench/.gitignore)
 DATABASE = "bench"
-TEMPLATE = "{title}\n\n{body}"
-PAYLOAD = ["name", "module", "stars"]
 POLL_INTERVAL_S = 0.02
 LATENCY_RATE = 20.0  # rows per second
 LATENCY_INITIAL_ROWS = 50  # in the latency table before its runner starts (a short snapshot)
 DRAIN_TIMEOUT_S = 120.0  # after the load: how long to wait for the last rows
-MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -74,58 +79,6 @@ class Pair:
 
 
 ALL_PAIRS = [Pair("mysql", "milvus"), Pair("postgresql", "milvus"), Pair("mysql", "qdrant")]
-
-_T0 = time.monotonic()
-
-
-def say(text: str) -> None:
-    print(f"[{time.monotonic() - _T0:7.1f}s] {text}", flush=True)
-
-
-def percentile(values: list[float], p: float) -> float | None:
-    """Nearest-rank percentile (p in 0..100)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1]
-
-
-def rnd(value, digits: int = 3):
-    return None if value is None else round(float(value), digits)
-
-
-# -- Django ----------------------------------------------------------------------------------------
-
-
-def configure_environment(workdir: Path, redis_port: int) -> None:
-    os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"
-    os.environ["DATABASE_URL"] = f"sqlite:///{workdir / 'meta.sqlite3'}"
-    os.environ["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
-    os.environ["CELERY_BROKER_URL"] = os.environ["REDIS_URL"]
-    os.environ["RSYNC_RUN_DIR"] = str(workdir / "run")
-    os.environ["RSYNC_ENV_FILE"] = str(workdir / "no.env")  # never read a developer's .env
-    os.environ["DJANGO_DEBUG"] = "false"  # with DEBUG on, Django keeps every SQL query in memory
-    os.environ["DJANGO_SECRET_KEY"] = "bench-only-" + os.urandom(16).hex()
-    # Every row is embedded: a cache hit would measure Redis, not the pipeline.
-    os.environ["RSYNC_EMBED_CACHE_TTL"] = "0"
-    # The product's defaults, not the test suite's shorter timeouts.
-    os.environ["RSYNC_LOCK_TTL"] = "30"
-    os.environ["RSYNC_BINLOG_HEARTBEAT"] = "1.0"
-    os.environ["RSYNC_BINLOG_READ_TIMEOUT"] = "10"
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def setup_django() -> None:
-    import django
-    from django.conf import settings
-
-    django.setup()
-    settings.REDIS_URL = os.environ["REDIS_URL"]
-    settings.CELERY_BROKER_URL = os.environ["REDIS_URL"]
-    settings.CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [settings.REDIS_URL]}}
-    }
-
 
 # -- CPU accounting: the machine is shared ---------------------------------------------------------
 
@@ -226,13 +179,6 @@ def source_admin(kind: str, server):
     if kind == "postgresql":
         return devservers.postgres_admin(server, DATABASE)
     return devservers.mariadb_root(server, DATABASE)
-
-
-def make_task(source, store, *, name: str, table: str, mode: str):
-    from tasks.services import save_task
-
-    return save_task(name=name, source=source, store=store, table=table, text_template=TEMPLATE,
-                     payload_columns=PAYLOAD, collection=name.replace("-", "_"), mode=mode)
 
 
 def pipeline_chunks(task) -> list[tuple[int, list[str]]]:
@@ -547,33 +493,6 @@ def run_latency(pair: Pair, source, store, server, servers: dict[str, int], *, i
 # -- reporting --------------------------------------------------------------------------------------
 
 
-def machine_info() -> dict:
-    import importlib.metadata as md
-
-    import psutil
-    import torch
-
-    versions = {}
-    for name in ("torch", "sentence-transformers", "transformers", "pymilvus", "milvus-lite", "qdrant-client",
-                 "PyMySQL", "mysql-replication", "psycopg2-binary", "psycopg2", "Django"):
-        with contextlib.suppress(md.PackageNotFoundError):
-            versions[name] = md.version(name)
-    cpu_model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "hostname": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
-        "cpu_model": cpu_model, "cpu_count": os.cpu_count(), "cpu_affinity": len(os.sched_getaffinity(0)),
-        "memory_total_mib": round(psutil.virtual_memory().total / MIB),
-        "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-        "versions": versions,
-    }
-
-
 def fmt(value, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
@@ -675,7 +594,7 @@ def main(argv=None) -> int:
             servers["postgres"] = devservers.start_postgres(workdir / "postgres")
         if "milvus" in kinds:
             servers["milvus"] = devservers.start_milvus(workdir / "milvus")
-        configure_environment(workdir, servers["redis"].port)
+        configure_environment(workdir, servers["redis"].port, embed_cache_ttl=0)  # every row embedded
         setup_django()
         from django.core.management import call_command
 
@@ -866,7 +785,7 @@ def run_benchmark(args, workdir: Path, servers: dict) -> int:
             f"{lat['samples']} written, {lat['missing']} missing")
 
     result["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    result["total_wall_s"] = rnd(time.monotonic() - _T0, 1)
+    result["total_wall_s"] = rnd(time.monotonic() - T0, 1)
     lines = table_lines(result)
     result["table"] = lines
     print()

@@ -28,7 +28,6 @@ import gc
 import json
 import math
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -39,67 +38,31 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from common import (
+    MIB,
+    PAYLOAD,
+    RESULTS,
+    ROOT,
+    T0,
+    TEMPLATE,
+    configure_environment,
+    machine_info,
+    make_task,
+    percentile,
+    rnd,
+    say,
+    setup_django,
+)
 
-RESULTS = ROOT / "bench" / "results"
 DEFAULT_OUTPUT = RESULTS / "sync_throughput.json"
 QUICK_OUTPUT = RESULTS / "sync_throughput.quick.json"  # ignored by git (bench/.gitignore)
 DATABASE = "bench"
-FULL_TEMPLATE = "{title}\n\n{body}"
+FULL_TEMPLATE = TEMPLATE
 SHORT_TEMPLATE = "{title}"
-PAYLOAD = ["name", "module", "stars"]
 TARGET_RATIO = 0.9
 TARGET_P99_S = 0.5
 TARGET_MEMORY_RATIO = 1.10
 POLL_INTERVAL_S = 0.02
-MIB = 1024 * 1024
-
-_T0 = time.monotonic()
-
-
-def say(text: str) -> None:
-    print(f"[{time.monotonic() - _T0:7.1f}s] {text}", flush=True)
-
-
-def percentile(values: list[float], p: float) -> float | None:
-    """Nearest-rank percentile (p in 0..100)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, math.ceil(p / 100 * len(ordered)))
-    return ordered[rank - 1]
-
-
-def rnd(value, digits: int = 3):
-    return None if value is None else round(float(value), digits)
-
-
-# -- Django ----------------------------------------------------------------------------------------
-
-
-def configure_environment(workdir: Path, redis_port: int, mariadb_port: int, milvus_port: int) -> None:
-    """Settings for this process and its `--measure-snapshot` children (they inherit os.environ)."""
-    os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"
-    os.environ["DATABASE_URL"] = f"sqlite:///{workdir / 'meta.sqlite3'}"
-    os.environ["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
-    os.environ["CELERY_BROKER_URL"] = os.environ["REDIS_URL"]
-    os.environ["RSYNC_RUN_DIR"] = str(workdir / "run")
-    os.environ["RSYNC_ENV_FILE"] = str(workdir / "no.env")  # never read a developer's .env
-    # As in production: with DEBUG on, Django also keeps a log of every SQL query in memory.
-    os.environ["DJANGO_DEBUG"] = "false"
-    os.environ["DJANGO_SECRET_KEY"] = "bench-only-" + os.urandom(16).hex()
-    # The product's defaults, not the test suite's shorter timeouts.
-    os.environ["RSYNC_LOCK_TTL"] = "30"
-    os.environ["RSYNC_BINLOG_HEARTBEAT"] = "1.0"
-    os.environ["RSYNC_BINLOG_READ_TIMEOUT"] = "10"
-    os.environ["RSYNC_EMBED_CACHE_TTL"] = str(30 * 24 * 3600)  # the embedding cache on (tests turn it off)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ["BENCH_WORKDIR"] = str(workdir)
-    os.environ["BENCH_MARIADB_PORT"] = str(mariadb_port)
-    os.environ["BENCH_MILVUS_URI"] = f"http://127.0.0.1:{milvus_port}"
-
 
 def code_fingerprint() -> str:
     """A hash of the code under test: the working tree is shared, and it can change during a run."""
@@ -146,15 +109,6 @@ def drop_collection(store, name: str) -> None:
         target.drop_collection(name)
     finally:
         target.close()
-
-
-def setup_django() -> None:
-    import django
-    from django.conf import settings
-
-    django.setup()
-    settings.REDIS_URL = os.environ["REDIS_URL"]
-    settings.CELERY_BROKER_URL = os.environ["REDIS_URL"]
 
 
 # -- probes: where the time goes ---------------------------------------------------------------
@@ -350,15 +304,6 @@ def load_table(conn, table: str, count: int) -> float:
     start = time.perf_counter()
     create_docs_table(conn, table, count)
     return time.perf_counter() - start
-
-
-def make_task(source, store, *, name: str, table: str, template: str, mode: str):
-    from tasks.services import save_task
-
-    return save_task(
-        name=name, source=source, store=store, table=table, text_template=template,
-        payload_columns=PAYLOAD, collection=name.replace("-", "_"), mode=mode,
-    )
 
 
 def pipeline_texts(task) -> list[list[str]]:
@@ -763,33 +708,6 @@ def run_memory_child(rows: int) -> dict:
 # -- reporting ------------------------------------------------------------------------------------
 
 
-def machine_info() -> dict:
-    import importlib.metadata as md
-
-    import psutil
-    import torch
-
-    versions = {}
-    for name in ("torch", "sentence-transformers", "transformers", "pymilvus", "milvus-lite", "PyMySQL",
-                 "mysql-replication", "Django"):
-        with contextlib.suppress(md.PackageNotFoundError):
-            versions[name] = md.version(name)
-    cpu_model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "hostname": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
-        "cpu_model": cpu_model, "cpu_count": os.cpu_count(), "cpu_affinity": len(os.sched_getaffinity(0)),
-        "memory_total_mib": round(psutil.virtual_memory().total / MIB),
-        "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-        "versions": versions,
-    }
-
-
 def fmt(value, unit: str = "", digits: int = 1) -> str:
     if value is None:
         return "-"
@@ -893,7 +811,12 @@ def main(argv=None) -> int:
         milvus = devservers.start_milvus(workdir / "milvus")
         servers.append(milvus)
         server_pids = {"mariadb": mariadb.pid, "milvus": milvus.pid, "redis": redis_server.pid}
-        configure_environment(workdir, redis_server.port, mariadb.port, milvus.port)
+        # The embedding cache on, as in production (the tests turn it off).
+        configure_environment(workdir, redis_server.port, embed_cache_ttl=30 * 24 * 3600)
+        # Where the `--measure-snapshot` children (which inherit os.environ) find the servers.
+        os.environ["BENCH_WORKDIR"] = str(workdir)
+        os.environ["BENCH_MARIADB_PORT"] = str(mariadb.port)
+        os.environ["BENCH_MILVUS_URI"] = f"http://127.0.0.1:{milvus.port}"
         setup_django()
         from django.conf import settings
         from django.core.management import call_command
@@ -911,7 +834,7 @@ def main(argv=None) -> int:
 
 def save(result: dict, path: Path, *, complete: bool) -> None:
     result["complete"] = complete
-    result["total_wall_s"] = rnd(time.monotonic() - _T0, 1)
+    result["total_wall_s"] = rnd(time.monotonic() - T0, 1)
     result["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

@@ -8,6 +8,8 @@ package: it loads from site-packages, so nothing is downloaded at run time.
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import functools
 import hashlib
 import importlib
@@ -31,6 +33,36 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 MODEL_CHOICES = [(DEFAULT_MODEL, "all-MiniLM-L6-v2 (bundled, 384 dimensions)")]
+DIMENSION_PROBE = "dimension probe"  # embedded once when a vectorizer's size is not configured
+
+
+class RetryLater(Unavailable):
+    """The server asked to be left alone for `retry_after` seconds, longer than we wait inline."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds a `Retry-After` header asks for: delay-seconds or an HTTP-date (RFC 9110 10.2.3).
+    None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    if when.tzinfo is None:  # HTTP-dates are GMT
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(when.timestamp() - (time.time() if now is None else now), 0.0)
 
 
 class InputRejected(Exception):
@@ -65,6 +97,15 @@ class Vectorizer:
 
     def _encode(self, texts: list[str]) -> list[list[float]]:
         raise NotImplementedError
+
+    def resolve_dimension(self) -> int:
+        """The size of this model's vectors. One whose size is not configured (an API with a
+        blank dimension) embeds a short text once to learn it, so a collection is never made
+        before the size is known."""
+        if not self.dimension:
+            [vector] = self.encode([DIMENSION_PROBE])
+            self.dimension = len(vector)
+        return self.dimension
 
     def encode(self, texts: Sequence[str]) -> list[list[float]]:
         texts = list(texts)
@@ -165,8 +206,11 @@ class SentenceTransformerEmbedder(Vectorizer):
 class OpenAICompatibleEmbedder(Vectorizer):
     """Any endpoint speaking the OpenAI embeddings protocol (OpenAI, Zhipu, vLLM, Ollama, ...).
 
-    Batches inputs, runs at most `max_concurrency` requests at once, retries 429 and 5xx with
-    exponential backoff and jitter (honouring Retry-After), and checks the dimension.
+    Batches inputs, never has more than `max_concurrency` requests in flight (however many
+    threads call it), retries 429 and 5xx with exponential backoff and jitter, and checks the
+    dimension. A `Retry-After` (seconds or an HTTP-date) is honoured: the retry waits at least
+    that long, however short `max_backoff` is; one longer than `max_retry_after` is not waited
+    out inline but raised as `RetryLater`, which the runner honours before trying again.
     """
 
     MAX_ATTEMPTS = 6
@@ -174,6 +218,7 @@ class OpenAICompatibleEmbedder(Vectorizer):
     def __init__(
         self, *, name: str, base_url: str, model: str, api_key: str = "", dimension: int | None = None,
         batch_size: int = 64, max_concurrency: int = 4, timeout: float = 30.0, max_backoff: float = 30.0,
+        max_retry_after: float = 300.0,
     ) -> None:
         super().__init__()
         import httpx
@@ -182,7 +227,8 @@ class OpenAICompatibleEmbedder(Vectorizer):
         self.url = base_url.rstrip("/") + "/embeddings"
         self.dimension = int(dimension or 0)
         self.batch_size, self.max_concurrency = max(batch_size, 1), max(max_concurrency, 1)
-        self.max_backoff = max_backoff
+        self.max_backoff, self.max_retry_after = max_backoff, max(max_retry_after, max_backoff)
+        self._slots = threading.BoundedSemaphore(self.max_concurrency)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.Client(headers=headers, timeout=timeout)
 
@@ -201,13 +247,18 @@ class OpenAICompatibleEmbedder(Vectorizer):
                 out.extend(future.result())
         return out
 
+    def _post(self, texts: list[str]):
+        with self._slots:  # the limit holds across threads, not only within one encode() call
+            return self.client.post(self.url, json={"model": self.model, "input": texts})
+
     def _request(self, texts: list[str], *, offset: int) -> list[list[float]]:
         import httpx
 
         delay = 1.0
         for attempt in range(1, self.MAX_ATTEMPTS + 1):
+            asked: float | None = None  # what Retry-After asked for
             try:
-                response = self.client.post(self.url, json={"model": self.model, "input": texts})
+                response = self._post(texts)
             except httpx.TimeoutException:
                 problem = f"{self.url} did not answer in time"
             except httpx.TransportError as exc:
@@ -224,18 +275,26 @@ class OpenAICompatibleEmbedder(Vectorizer):
                     raise ConnectorError(f"The embeddings API at {self.url} answered HTTP "
                                          f"{response.status_code}: {response.text[:300]}")
                 problem = f"{self.url} answered HTTP {response.status_code}"
-                retry_after = response.headers.get("Retry-After")
-                if retry_after:
-                    try:
-                        delay = max(float(retry_after), 0.0)
-                    except ValueError:
-                        pass
+                asked = retry_after_seconds(response.headers.get("Retry-After"))
+                if asked is not None and asked > self.max_retry_after:
+                    raise RetryLater(
+                        f"Embeddings API: {problem} asking to retry after {asked:.0f}s (Retry-After), "
+                        f"longer than the {self.max_retry_after:.0f}s waited inline: the run waits, then retries.",
+                        retry_after=asked,
+                    )
             if attempt == self.MAX_ATTEMPTS:
-                raise Unavailable(f"Embeddings API: {problem} after {attempt} attempts.")
-            sleep = min(delay, self.max_backoff) * random.uniform(0.8, 1.2)
+                message = f"Embeddings API: {problem} after {attempt} attempts."
+                if asked is not None:
+                    raise RetryLater(message, retry_after=asked)
+                raise Unavailable(message)
+            if asked is not None:
+                # Never earlier than asked: jitter only lengthens the wait.
+                sleep = asked * random.uniform(1.0, 1.1)
+            else:
+                sleep = min(delay, self.max_backoff) * random.uniform(0.8, 1.2)
+                delay = min(delay * 2, self.max_backoff)
             logger.warning("embeddings API: %s; retrying in %.1fs", problem, sleep)
             time.sleep(sleep)
-            delay = min(delay * 2, self.max_backoff)
         raise AssertionError("unreachable")
 
     def _parse(self, response, expected: int) -> list[list[float]]:
@@ -253,6 +312,8 @@ class OpenAICompatibleEmbedder(Vectorizer):
                 f"{self.dimension}: fix the dimension (a new collection is needed for a new size)."
             )
         if not self.dimension:
+            if len(dims) != 1:
+                raise ConnectorError(f"The embeddings API returned vectors of different sizes {sorted(dims)}.")
             self.dimension = dims.pop()
         return vectors
 
@@ -329,6 +390,10 @@ class CachedVectorizer(Vectorizer):
 
     def __getattr__(self, item):
         return getattr(self.inner, item)
+
+    def resolve_dimension(self) -> int:
+        self.dimension = self.inner.resolve_dimension()
+        return self.dimension
 
     def _client(self):
         from tasks.locks import redis_client

@@ -367,22 +367,33 @@ class BatchProcessor:
         batch.counters.deleted = len(batch.deletes) + len(batch.row_deletes)
 
     def _upsert_one_by_one(self, batch: PreparedBatch, first_error: Exception) -> None:
-        """Isolate the rows the store rejects so the rest of the batch still lands."""
+        """Isolate the rows the store rejects so the rest of the batch still lands.
+
+        "One" is a row with all its chunks, in one call: the store takes or refuses a call
+        whole, so a refused row keeps every point it had (its old text, whole) rather than a mix
+        of new and old chunks, and its stale chunks are kept too.
+        """
         logger.warning("batch upsert rejected (%s); retrying row by row", first_error)
+        by_row: OrderedDict[int | str, list[dict[str, Any]]] = OrderedDict()
+        for point in batch.upserts:
+            row_key = split_chunk_key(point[KEY_FIELD]) if self.mapping.chunking else point[KEY_FIELD]
+            by_row.setdefault(row_key, []).append(point)
         accepted, rejected_rows = [], set()
-        for row in batch.upserts:
+        for row_key, points in by_row.items():
             try:
-                self.target.upsert(self.mapping.collection, [row])
-                accepted.append(row)
+                self.target.upsert(self.mapping.collection, points)
+                accepted.extend(points)
             except Unavailable:
                 raise
             except ConnectorError as exc:
-                payload = {k: v for k, v in row.items() if k not in (VECTOR_FIELD,)}
+                payload = {k: v for k, v in points[0].items() if k not in (VECTOR_FIELD, KEY_FIELD, CHUNK_FIELD)}
                 # The letter names the source row (what a replay reads again), not the point.
-                row_key = list(batch.row_keys.get(row[KEY_FIELD], (row[KEY_FIELD],)))
-                batch.dead.append(DeadRow(row_key, _jsonable(payload), str(exc)))
-                rejected_rows.add(row.get(ROW_KEY_FIELD, row[KEY_FIELD]))
+                source_key = list(batch.row_keys.get(points[0][KEY_FIELD], (row_key,)))
+                batch.dead.append(DeadRow(source_key, _jsonable(payload), str(exc)))
+                rejected_rows.add(row_key)
         batch.upserts = accepted
+        if rejected_rows:
+            batch.stale = [k for k in batch.stale if split_chunk_key(k) not in rejected_rows]
         batch.counters.upserted -= len(rejected_rows)
         batch.counters.failed = len(batch.dead)
 

@@ -196,7 +196,10 @@ class TaskRunner:
         backoff = 1.0
         while True:
             try:
-                created = target.ensure_collection(mapping.collection_spec(embedder.dimension))
+                # A vectorizer that learns its size from its first answer (an API with no
+                # dimension set) is asked once now: a collection cannot be made without it.
+                dimension = embedder.resolve_dimension()
+                created = target.ensure_collection(mapping.collection_spec(dimension))
                 checkpoint, _ = Checkpoint.objects.get_or_create(task=task)
                 if created and checkpoint.snapshot_state != Checkpoint.SnapshotState.PENDING and task.snapshots:
                     self._notice(f"Collection {mapping.collection!r} was missing: taking a new snapshot.")
@@ -214,6 +217,8 @@ class TaskRunner:
                 if self.stop_requested():
                     return SyncRun.Status.STOPPED
                 delay = min(backoff, MAX_BACKOFF) * random.uniform(0.75, 1.25)
+                # A server that said when to come back (Retry-After) is not asked earlier.
+                delay = max(delay, getattr(exc, "retry_after", 0.0) or 0.0)
                 logger.warning("task %s: %s; retrying in %.1fs", task.pk, exc, delay)
                 SyncRun.objects.filter(pk=run.pk).update(error=f"{exc} (retrying)")
                 self.progress.update(message=f"{exc} Retrying in {delay:.0f}s.", force=True)
@@ -257,6 +262,9 @@ class TaskRunner:
             done = checkpoint.snapshot_rows
             self.progress.update(phase="snapshot", total=total, done=done, lag=None, force=True)
 
+            # A polled table marks deleted rows in a column: the snapshot must not bring them back.
+            is_deleted = getattr(source, "is_deleted", None)
+
             def chunks() -> Iterator[WorkItem]:
                 last_key = checkpoint.snapshot_last_key
                 rows_done = checkpoint.snapshot_rows
@@ -266,7 +274,10 @@ class TaskRunner:
                         return
                     last_key = [normalize_value(rows[-1][k]) for k in mapping.key_columns]
                     rows_done += len(rows)
-                    changes = [Change("upsert", mapping.key_of(r), r) for r in rows]
+                    changes = [
+                        Change("delete" if is_deleted is not None and is_deleted(r) else "upsert", mapping.key_of(r), r)
+                        for r in rows
+                    ]
                     yield WorkItem(changes, commit={"snapshot_last_key": last_key, "snapshot_rows": rows_done})
 
             processor = BatchProcessor(mapping, embedder, target, assume_empty=assume_empty)

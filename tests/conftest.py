@@ -171,13 +171,28 @@ def store_kind() -> str:
 
 
 @pytest.fixture
+def capture() -> str:
+    """How `make_task`'s tasks see changes: "log" (binlog, WAL) or "poll" (timestamp polling by
+    `updated_at`, deletes through a `deleted_at` soft-delete column, which `make_task` adds).
+    Parametrize like `store_kind`; the shared convergence pairs are `helpers.PAIRS`."""
+    return "log"
+
+
+# Polling settings for the shared tests. The overlap must outlast the longest transaction
+# between its first stamped row and its commit on a loaded machine: rows stamped earlier than
+# the position minus the overlap are never read.
+POLLING = {"capture": "poll", "updated_at_column": "updated_at", "soft_delete_column": "deleted_at",
+           "poll_interval": 0.2, "overlap_seconds": 15.0}
+
+
+@pytest.fixture
 def qdrant_folder(tmp_path_factory) -> Path:
     """An empty folder for a Qdrant local-mode store (qdrant-client creates its files)."""
     return tmp_path_factory.mktemp("qdrant") / "store"
 
 
 @pytest.fixture
-def make_task(request, redis_server, source_db, store_kind, source_kind):
+def make_task(request, redis_server, source_db, store_kind, source_kind, capture):
     """Build source, store and task through the services, on a docs table of `rows` rows."""
     from datasources.services import save_source, save_store
     from tasks.services import save_task
@@ -194,16 +209,22 @@ def make_task(request, redis_server, source_db, store_kind, source_kind):
 
     def build(rows: int = 0, *, mode: str = "full+incremental", batch_size: int = 128, payload=None,
               template: str = "{title}\n\n{body}", table: str = "docs", create_table: bool = True,
-              store_kind: str = store_kind):
+              store_kind: str = store_kind, **fields):
         if create_table:
             create_docs_table(conn, table, rows)
+        if capture == "poll":
+            if source_kind != "mysql":  # the PostgreSQL docs table has no ON UPDATE for updated_at
+                raise ValueError("the polling tests use the MySQL docs table")
+            with conn.cursor() as cur:
+                cur.execute(f"ALTER TABLE `{table}` ADD COLUMN deleted_at DATETIME(6) NULL")
+            fields = {**POLLING, **fields}
         source = save_source(name=unique("source").replace("_", "-"), database=database,
                              **source_settings(request, source_kind))
         store = save_store(name=unique("store").replace("_", "-"), kind=store_kind, uri=store_uri(store_kind))
         return save_task(
             name=unique("task").replace("_", "-"), source=source, store=store, table=table,
             text_template=template, payload_columns=payload if payload is not None else ["name", "module", "stars"],
-            collection=unique("col"), mode=mode, batch_size=batch_size,
+            collection=unique("col"), mode=mode, batch_size=batch_size, **fields,
         )
 
     return build

@@ -89,17 +89,11 @@ def test_sigkill_mid_snapshot_mid_stream_and_mid_transaction(
     make_task, source_db, subprocess_env, tmp_path, capture
 ):
     _, conn = source_db
-    task = make_task(400, batch_size=50)
-    polling = capture == "poll"
-    if polling:
-        with conn.cursor() as cur:
-            cur.execute("ALTER TABLE docs ADD COLUMN deleted_at DATETIME NULL")
-        task.capture, task.updated_at_column, task.soft_delete_column = "poll", "updated_at", "deleted_at"
-        # The overlap must outlast the longest transaction (the 500-row one below commits seconds
-        # after its first rows were stamped on a loaded machine): rows stamped earlier than the
-        # watermark minus the overlap would never be read.
-        task.poll_interval, task.overlap_seconds = 0.2, 60.0
-        task.save()
+    polling = capture == "poll"  # make_task adds the deleted_at column and the polling settings
+    # The overlap must outlast the longest transaction (the 500-row one below commits seconds
+    # after its first rows were stamped on a loaded machine): rows stamped earlier than the
+    # position minus the overlap would never be read.
+    task = make_task(400, batch_size=50, **({"overlap_seconds": 60.0} if polling else {}))
     process = RunTaskProcess(task, subprocess_env, tmp_path)
     writer = BackgroundWriter(source_connection(task.source), soft_deletes=polling)
 

@@ -1,6 +1,7 @@
 """Vectorizers: an OpenAI-compatible API (a local server speaking the protocol), the embedding
 cache, structured vectors and custom vectorizers, through the real pipeline."""
 
+import email.utils
 import hashlib
 import json
 import threading
@@ -13,9 +14,11 @@ from datasources.connectors.base import ConnectorError, Unavailable
 from datasources.embedders import (
     CachedVectorizer,
     OpenAICompatibleEmbedder,
+    RetryLater,
     StructuredVectorizer,
     build_vectorizer,
     get_embedder,
+    retry_after_seconds,
 )
 from datasources.models import EmbeddingModel
 from tasks.models import DeadLetter, SyncRun
@@ -42,6 +45,10 @@ class EmbeddingsAPI(ThreadingHTTPServer):
         self.retry_after = "0.1"
         self.dimension = DIM
         self.requests: list[list[str]] = []
+        self.arrivals: list[float] = []  # time.monotonic() of each request
+        self.delay = 0.0  # seconds each successful answer takes
+        self.in_flight = 0
+        self.max_in_flight = 0  # the most requests the server was answering at once
         self.lock = threading.Lock()
 
     @property
@@ -69,7 +76,17 @@ class Handler(BaseHTTPRequestHandler):
         inputs = body["input"]
         with server.lock:
             server.requests.append(inputs)
+            server.arrivals.append(time.monotonic())
             status = server.fail_next.pop(0) if server.fail_next else 200
+            server.in_flight += 1
+            server.max_in_flight = max(server.max_in_flight, server.in_flight)
+        try:
+            self._answer(server, body, inputs, status)
+        finally:
+            with server.lock:
+                server.in_flight -= 1
+
+    def _answer(self, server, body, inputs, status):
         if self.headers.get("Authorization") != "Bearer sk-test":
             return self._send(401, {"error": {"message": "bad key"}})
         if status == 429:
@@ -78,6 +95,7 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(status, {"error": {"message": "boom"}})
         if any("SLOW" in text for text in inputs):
             time.sleep(2)
+        time.sleep(server.delay)
         if any("REJECT" in text for text in inputs):
             return self._send(400, {"error": {"message": "input contains forbidden content"}})
         data = [{"index": i, "embedding": fake_vector(t, server.dimension)} for i, t in enumerate(inputs)]
@@ -106,13 +124,61 @@ def test_batches_concurrently_and_keeps_order(api):
     assert sorted(len(r) for r in api.requests) == [2, 4, 4]
 
 
-def test_429_is_retried_honouring_retry_after_and_500_too(api):
-    api.fail_next = [429, 429, 500]
-    api.retry_after = "0.3"
+def test_never_more_requests_in_flight_than_max_concurrency(api):
+    api.delay = 0.3  # long enough for requests to overlap
+    vectorizer = client(api, batch_size=1, max_concurrency=3)
+    texts = [f"text {i}" for i in range(12)]
+    assert vectorizer.encode(texts) == [fake_vector(t) for t in texts]
+    assert api.max_in_flight == 3
+
+    # Two threads embedding at once share the same limit (the runner may call from several).
+    api.max_in_flight = 0
+    results = {}
+    threads = [threading.Thread(target=lambda n=n: results.setdefault(n, vectorizer.encode(texts))) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results[0] == results[1] == [fake_vector(t) for t in texts]
+    assert api.max_in_flight == 3
+
+
+def gaps(api) -> list[float]:
+    return [b - a for a, b in zip(api.arrivals, api.arrivals[1:])]
+
+
+def test_429_waits_at_least_retry_after_even_beyond_max_backoff(api):
+    # max_backoff is 0.2 s: plain backoff (at most 0.24 s with jitter) would retry far too early.
+    api.fail_next = [429, 429]
+    api.retry_after = "1.5"
+    assert client(api, max_backoff=0.2).encode(["hello"]) == [fake_vector("hello")]
+    assert len(api.requests) == 3
+    assert all(gap >= 1.5 for gap in gaps(api)), gaps(api)
+
+
+def test_retry_after_as_an_http_date(api):
+    api.fail_next = [429]
+    api.retry_after = email.utils.formatdate(time.time() + 3, usegmt=True)  # whole seconds: waits 2-3 s
+    assert client(api, max_backoff=0.2).encode(["hello"]) == [fake_vector("hello")]
+    assert len(api.requests) == 2 and gaps(api)[0] >= 1.9, gaps(api)
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past: no wait
+    assert retry_after_seconds("soon") is None
+
+
+def test_a_retry_after_longer_than_the_limit_is_a_clear_error_not_a_short_wait(api):
+    api.fail_next = [429]
+    api.retry_after = "3600"
     started = time.monotonic()
+    with pytest.raises(RetryLater, match=r"retry after 3600s \(Retry-After\), longer than the 60s") as raised:
+        client(api, max_backoff=0.2, max_retry_after=60).encode(["hello"])
+    assert raised.value.retry_after == 3600 and len(api.requests) == 1
+    assert time.monotonic() - started < 5
+
+
+def test_500_is_retried_with_backoff(api):
+    api.fail_next = [500, 503]
     assert client(api).encode(["hello"]) == [fake_vector("hello")]
-    assert time.monotonic() - started >= 0.6 * 0.8  # two Retry-After waits
-    assert len(api.requests) == 4
+    assert len(api.requests) == 3
 
 
 def test_a_server_that_keeps_failing_is_unavailable_not_dropped(api):
@@ -205,3 +271,35 @@ def test_a_task_with_an_api_vectorizer_dead_letters_rejected_rows(api, make_task
     assert sorted(points) == [1, 2, 3, 5, 6]
     letter = DeadLetter.objects.get(task=task)
     assert letter.key == [4] and "forbidden content" in letter.error and letter.row["title"] == "REJECT this title"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_blank_dimension_is_learned_before_the_collection_is_made(api, make_task, source_db):
+    from datasources.connectors import target_connector
+    from datasources.connectors.milvus import VECTOR_FIELD
+    from tasks.services import resnapshot_task
+
+    task = make_task(4, mode="full", template="{title}")
+    task.vectorizer = EmbeddingModel.objects.create(
+        name="no-dimension", kind="openai", base_url=api.url, model_name="m", api_key="sk-test", dimension=None,
+    )
+    task.save()
+    mark_running(task)
+    run = TaskRunner(task.pk).run()
+    assert run.status == SyncRun.Status.SUCCEEDED, run.error
+    assert api.requests[0] == ["dimension probe"]  # asked once, before anything was written
+    target = target_connector(task.store)
+    try:
+        stored = target.fetch(task.collection, [1], [VECTOR_FIELD])
+    finally:
+        target.close()
+    assert len(stored[1][VECTOR_FIELD]) == DIM
+    assert sorted(target_rows(task)) == [1, 2, 3, 4]
+
+    # The endpoint now answers with another size: the existing collection cannot take it.
+    api.dimension = 5
+    resnapshot_task(task)
+    mark_running(task)
+    run = TaskRunner(task.pk).run()
+    assert run.status == SyncRun.Status.FAILED
+    assert f"holds {DIM}-dimensional vectors but the model makes 5" in run.error, run.error

@@ -10,9 +10,12 @@ removed with DELETE stays in the target (the task page says so).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import sqlite3
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +164,54 @@ def _parse_ts(value) -> Any:
     return value
 
 
+def _sortable(value) -> Any:
+    """A value of the polling column in a form Python orders the way the database does (the
+    checkpoint stores text, the database returns datetimes or, from SQLite, text)."""
+    if isinstance(value, dt.datetime):
+        return value.replace(tzinfo=None)
+    if isinstance(value, dt.date):
+        return dt.datetime.combine(value, dt.time())
+    return _parse_ts(value)
+
+
+def _minus(value, seconds: float) -> Any:
+    """`value` moved `seconds` back (the overlap window), for a datetime or a number."""
+    if isinstance(value, dt.datetime):
+        return value - dt.timedelta(seconds=seconds)
+    if isinstance(value, (int, float)):
+        return value - seconds
+    return value
+
+
+def _row_digest(row: dict[str, Any]) -> str:
+    text = json.dumps({k: normalize_value(v) for k, v in row.items()}, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where polling resumes: the `(updated_at, primary key)` of the last row read, in the order
+    pages are cut. `pk` None means "before every row stamped `ts`" (a position clamped to the
+    source's clock, or one noted before a snapshot)."""
+
+    ts: Any  # as the database returned it (or parsed back from the checkpoint)
+    pk: tuple | None = None
+
+    @classmethod
+    def from_position(cls, position: dict | None) -> Cursor | None:
+        position = position or {}
+        if position.get("ts") is None:
+            return None
+        pk = position.get("pk")
+        return cls(_parse_ts(position["ts"]), tuple(pk) if pk is not None else None)
+
+    def as_position(self) -> dict:
+        return {"ts": normalize_value(self.ts), "pk": list(self.pk) if self.pk is not None else None}
+
+    def order(self) -> tuple:
+        return (_sortable(self.ts), 0, ()) if self.pk is None else (_sortable(self.ts), 1, self.pk)
+
+
 class PollingSource:
     """Wraps a source connector (MySQL, PostgreSQL, SQLite) and follows a table by timestamp."""
 
@@ -170,12 +221,15 @@ class PollingSource:
         self.soft_delete = task.soft_delete_column
         self.poll_interval = max(float(task.poll_interval), 0.05)
         self.overlap = max(float(task.overlap_seconds), 0.0)
+        # A page is one batch through the pipeline: the task's batch size is the page size.
+        self.page_rows = max(int(task.batch_size or 0), 1)
 
     def __getattr__(self, item):  # catalog and snapshot reads are the base connector's
         return getattr(self.base, item)
 
     def is_deleted(self, row: dict[str, Any]) -> bool:
-        """A row marked deleted in the soft-delete column (the only deletes polling can see)."""
+        """A row marked deleted in the soft-delete column (the only deletes polling can see; a
+        snapshot or a replay must not bring it back)."""
         return bool(self.soft_delete) and row.get(self.soft_delete) not in (None, 0, False, "", "0")
 
     def check(self, *, table: str | None = None, required_columns: dict | None = None, **_) -> list[CheckResult]:
@@ -211,23 +265,55 @@ class PollingSource:
         finally:
             conn.close()
 
-    def _max_updated(self, conn, table: TableInfo):
+    def _now_sql(self, table: TableInfo) -> str | None:
+        """The source's clock as an SQL expression comparable with the polling column, or None
+        when the column holds no date or time (numbers: nothing to compare with)."""
+        if isinstance(self.base, SQLiteSource):
+            return "strftime('%Y-%m-%d %H:%M:%f', 'now')"  # what CURRENT_TIMESTAMP is, with milliseconds
+        column = table.column(self.updated_at)
+        data_type = (column.data_type if column is not None else "").lower()
+        if "date" not in data_type and "time" not in data_type:
+            return None
+        if type(self.base).__name__ == "MySQLSource":
+            return "CURRENT_TIMESTAMP(6)"
+        return "LOCALTIMESTAMP"  # PostgreSQL: compares right with timestamp and timestamptz columns
+
+    def clock(self, conn, table: TableInfo) -> tuple[Any, int, Any]:
+        """`(newest stamp not in the future, rows stamped in the future, latest future stamp)`
+        by the source's own clock; the polling position never moves past the first.
+
+        A row stamped ahead of the clock (a writer with a wrong clock, a stamp set by hand)
+        would otherwise carry the position into the future, and every row written afterwards
+        with a true stamp would fall behind it and never be read.
+        """
         quote = _quote_of(self.base)
+        column, name = quote(self.updated_at), quote(table.name)
+        now = self._now_sql(table)
         cursor = conn.cursor()
         try:
-            cursor.execute(f"SELECT MAX({quote(self.updated_at)}) FROM {quote(table.name)}")
-            return cursor.fetchone()[0]
+            if now is None:
+                cursor.execute(f"SELECT MAX({column}) FROM {name}")
+                return cursor.fetchone()[0], 0, None
+            cursor.execute(f"SELECT MAX({column}) FROM {name} WHERE {column} <= {now}")
+            newest = cursor.fetchone()[0]
+            cursor.execute(f"SELECT COUNT(*), MAX({column}) FROM {name} WHERE {column} > {now}")
+            future, latest = cursor.fetchone()
+            return newest, int(future or 0), latest
         finally:
             cursor.close()
 
+    def _start(self, conn, table: TableInfo) -> dict:
+        newest, _, _ = self.clock(conn, table)
+        return {"ts": normalize_value(newest), "pk": None}
+
     def begin_snapshot(self, conn, *, table: TableInfo | None = None, task_id: int | None = None) -> dict:
-        watermark = self._max_updated(conn, table or self._described)  # noted before the snapshot reads
+        position = self._start(conn, table or self._described)  # noted before the snapshot reads
         self.base.begin_snapshot(conn)
-        return {"ts": normalize_value(watermark), "pk": None}
+        return position
 
     def current_position(self, conn=None, *, table: TableInfo | None = None, task_id: int | None = None) -> dict:
         with borrow_or_open(conn, self.base.connect) as conn:
-            return {"ts": normalize_value(self._max_updated(conn, table or self._described)), "pk": None}
+            return self._start(conn, table or self._described)
 
     # The table last described: snapshot-only runs do not pass the table to begin_snapshot.
     _described: TableInfo | None = None
@@ -239,16 +325,31 @@ class PollingSource:
 
     def change_stream(self, table: TableInfo, position: dict, *, task_id: int, heartbeat: float,
                       read_timeout: float, max_rows: int = 1000) -> PollStream:
-        return PollStream(self, table, position, max_rows=max_rows, heartbeat=heartbeat)
+        # `max_rows` is when a log reader hands over what it gathered; polling reads whole pages.
+        return PollStream(self, table, position, max_rows=self.page_rows, heartbeat=heartbeat)
 
 
 class PollStream:
-    """Polls forever: pages of changed rows, then heartbeats until the next poll is due."""
+    """Polls forever: pages of changed rows, then heartbeats until the next poll is due.
+
+    Each poll reads, in `(updated_at, primary key)` order, from the position minus the overlap
+    window (from just after the position when there is no window), page by page, each page
+    starting after the last row of the one before. The position is the `(updated_at, key)` of
+    the last row read, so rows sharing a timestamp across a page boundary are neither skipped
+    nor read twice, and it never moves past the source's clock (see `PollingSource.clock`).
+
+    Rows the window brings back unchanged since this stream delivered them are not delivered
+    again: re-writing them would cost a store write each poll, and a second copy of a changed
+    row queued before the first reached the store would be embedded twice.
+    """
 
     def __init__(self, source: PollingSource, table: TableInfo, position: dict, *, max_rows: int,
                  heartbeat: float) -> None:
         self.source, self.table, self.max_rows, self.heartbeat = source, table, max_rows, heartbeat
-        self.position = dict(position or {})
+        self.cursor = Cursor.from_position(position)
+        self.position = self.cursor.as_position() if self.cursor else {"ts": None, "pk": None}
+        self._delivered: dict[tuple, tuple[Any, str]] = {}  # key -> (sortable stamp, digest of the row)
+        self._reported: tuple | None = None  # the future-stamp notice last given
         self._closed = False
 
     def close(self) -> None:
@@ -257,38 +358,81 @@ class PollStream:
     def acknowledge(self, position: dict) -> None:
         """Nothing to tell the database: the checkpoint alone is the position."""
 
+    def _bounds(self) -> tuple[list | None, list | None]:
+        """`(after, lower)` for the first page of a poll."""
+        cursor = self.cursor
+        if cursor is None:
+            return None, None
+        if self.source.overlap > 0 or cursor.pk is None:
+            return None, [_minus(cursor.ts, self.source.overlap)]
+        return [cursor.ts, *cursor.pk], None
+
+    def _advance(self, last: dict[str, Any], key: tuple, newest) -> None:
+        """Move the position to the row just read, but never past the source's clock."""
+        stamp = last[self.source.updated_at]
+        if newest is None:
+            return  # every row is stamped in the future: stay where we are
+        candidate = Cursor(stamp, key)
+        if _sortable(stamp) > _sortable(newest):
+            candidate = Cursor(newest, None)
+        if self.cursor is None or candidate.order() > self.cursor.order():
+            self.cursor = candidate
+
+    def _forget_behind(self) -> None:
+        """Drop what the next poll's window can no longer bring back."""
+        if self.cursor is None:
+            return
+        floor = _sortable(_minus(self.cursor.ts, self.source.overlap))
+        try:
+            self._delivered = {k: v for k, v in self._delivered.items() if not v[0] < floor}
+        except TypeError:  # stamps Python cannot order against the position: keep everything
+            pass
+
+    def _future_notice(self, future: int, latest) -> list[str]:
+        state = (future, normalize_value(latest)) if future else None
+        if state == self._reported:
+            return []
+        self._reported = state
+        if not future:
+            return []
+        return [
+            f"{future} row(s) of {self.table.name} have {self.source.updated_at} later than the source's clock "
+            f"(up to {normalize_value(latest)}). They are synced, but polling does not move past the present, "
+            f"so they are read again on every poll until then: correct their {self.source.updated_at}."
+        ]
+
     def _poll(self, conn) -> Iterator[ChangeBatch]:
         source, table = self.source, self.table
         order = [source.updated_at, *table.primary_key]
-        watermark = _parse_ts(self.position.get("ts"))
-        lower = None
-        if watermark is not None:
-            if isinstance(watermark, dt.datetime):
-                lower = [watermark - dt.timedelta(seconds=source.overlap)]
-            elif isinstance(watermark, (int, float)):
-                lower = [watermark - source.overlap]
-            else:
-                lower = [watermark]
-        after = None
-        newest = self.position.get("ts")
+        newest, future, latest = source.clock(conn, table)
+        notices = self._future_notice(future, latest)
+        after, lower = self._bounds()
         while not self._closed:
             rows = _keyset_page(source.base, conn, table, order=order, after=after, limit=self.max_rows,
-                                lower=None if after is not None else lower)
-            if not rows:
-                return
+                                lower=lower)
+            lower = None  # the window bounds the first page; the others follow on from it
             changes = []
             for row in rows:
                 key = tuple(normalize_value(row[k]) for k in table.primary_key)
+                digest = _row_digest(row)
+                seen = self._delivered.get(key)
+                if seen is not None and seen[1] == digest:
+                    continue
+                self._delivered[key] = (_sortable(row[source.updated_at]), digest)
                 changes.append(Change("delete" if source.is_deleted(row) else "upsert", key, row))
-            last = rows[-1]
-            after = [last[c] for c in order]
-            stamp = normalize_value(last[source.updated_at])
-            if newest is None or str(stamp) > str(newest):
-                newest = stamp
-            # Every page ends on a whole row, so any page boundary is a safe place to resume.
-            yield ChangeBatch(changes=changes, position={"ts": newest, "pk": None})
+            before = self.cursor
+            if rows:
+                last = rows[-1]
+                after = [last[c] for c in order]
+                self._advance(last, tuple(normalize_value(last[k]) for k in table.primary_key), newest)
+            if changes or notices or self.cursor != before:
+                # Every page ends on a whole row, so any page boundary is a safe place to resume.
+                position = self.cursor.as_position() if self.cursor else {"ts": None, "pk": None}
+                yield ChangeBatch(changes=changes, position=position, notices=notices)
+                notices = []
             if len(rows) < self.max_rows:
-                return
+                break
+        self._forget_behind()
 
     def __iter__(self) -> Iterator[ChangeBatch]:
         while not self._closed:
