@@ -80,6 +80,8 @@ def recent_events(task_id: int, *, seconds: float) -> list[dict]:
 class EventPublisher:
     """A progress publisher for the runner; a Redis hiccup never stops a sync."""
 
+    takes_notices = True  # the task page shows them under "Recent errors and notices"
+
     def __init__(self, task_id: int) -> None:
         self.task_id = task_id
         self.client = redis_client()

@@ -8,11 +8,13 @@ which numbers it (`seq`) and pushes it to the websocket group `task-<id>`.
 from __future__ import annotations
 
 import collections
+import logging
 import sys
 import time
 from collections.abc import Callable
 
 Publisher = Callable[[dict], None]
+logger = logging.getLogger(__name__)
 
 MIN_INTERVAL = 0.5
 _UNSET = object()  # "not given", as opposed to None ("no total": the change stream has none)
@@ -87,15 +89,20 @@ class ProgressTracker:
 
     def notice(self, text: str, *, level: str = "notice") -> None:
         """Push a message for the page's "recent errors and notices" at once (not rate-limited:
-        notices are rare and each one matters)."""
+        notices are rare and each one matters), to the publishers that take notices."""
         payload = {"type": "notice", "task": self.task_id, "run": self.run_id, "level": level, "message": text}
-        for publish in self.publishers:
-            publish(payload)
+        self._send([p for p in self.publishers if getattr(p, "takes_notices", False)], payload)
 
     def publish(self) -> None:
-        payload = self.payload()
-        for publish in self.publishers:
-            publish(payload)
+        self._send(self.publishers, self.payload())
+
+    @staticmethod
+    def _send(publishers: list[Publisher], payload: dict) -> None:
+        for publish in publishers:
+            try:
+                publish(payload)
+            except Exception:  # showing progress must never stop a sync
+                logger.warning("a progress publisher failed", exc_info=True)
 
 
 def format_duration(seconds: float | None) -> str:
@@ -133,7 +140,10 @@ def progress_line(p: dict) -> str:
 
 
 class TerminalPublisher:
-    """Rewrites one line on a terminal; prints a line every few seconds when piped to a file."""
+    """Rewrites one line on a terminal; prints a line every few seconds when piped to a file.
+    Notices get a line of their own."""
+
+    takes_notices = True
 
     def __init__(self, stream=None, every: float = 5.0) -> None:
         self.stream = stream or sys.stdout
@@ -141,6 +151,11 @@ class TerminalPublisher:
         self.every, self._last = every, 0.0
 
     def __call__(self, payload: dict) -> None:
+        if payload.get("type") == "notice":
+            clear = "\r\033[K" if self.tty else ""  # the progress line is redrawn by the next update
+            self.stream.write(f"{clear}{payload['level'].capitalize()}: {payload['message']}\n")
+            self.stream.flush()
+            return
         line = progress_line(payload)
         if self.tty:
             self.stream.write("\r\033[K" + line)

@@ -85,3 +85,25 @@ def test_a_reloaded_task_page_draws_the_last_minutes_from_kept_events(make_task,
                                    re.S).group(1))
     assert [point["rate"] for point in initial["history"]] == [10.0, 20.0, 30.0]
     assert initial["seq"] == latest["seq"] and abs(initial["server_time"] - time.time()) < 5
+
+
+def test_notices_reach_the_terminal_on_their_own_line_and_a_failing_publisher_stops_nothing():
+    import io
+
+    from tasks.progress import TerminalPublisher
+
+    out = io.StringIO()
+    progress_only: list[dict] = []
+
+    def broken(payload: dict) -> None:
+        raise RuntimeError("the screen went away")
+
+    tracker = ProgressTracker(task_id=1, run_id=2, publishers=[broken, TerminalPublisher(out), progress_only.append])
+    tracker.update(phase="snapshot", total=10, done=5, force=True)
+    tracker.notice("Row [7] went to the dead letters: bad value", level="error")
+    tracker.update(status="succeeded", done=10)
+    lines = out.getvalue().splitlines()
+    assert "Error: Row [7] went to the dead letters: bad value" in lines
+    assert lines[-1].startswith("[snapshot]") and "10/10 rows" in lines[-1]
+    # A publisher that did not ask for notices (a progress bar) only ever sees progress payloads.
+    assert progress_only and all(p["type"] == "progress" for p in progress_only)
