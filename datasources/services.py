@@ -33,55 +33,40 @@ class InUse(Exception):
 @transaction.atomic
 def save_source(*, name: str, password: str | None = None, **fields) -> DataSource:
     """Create or update a source by name; `password=None` keeps the stored one."""
-    unknown = set(fields) - set(SOURCE_FIELDS)
-    if unknown:
-        raise ValueError(f"unknown data source fields: {', '.join(sorted(unknown))}")
-    source = DataSource.objects.filter(name=name).first() or DataSource(name=name)
-    before = audit.snapshot(source, AUDITED_SOURCE_FIELDS) if source.pk else None
-    for key, value in fields.items():
-        setattr(source, key, value)
-    if password is not None:
-        source.password = password
-    source.full_clean()
-    source.save()
-    _record_save(source, before, audit.snapshot(source, AUDITED_SOURCE_FIELDS), "password")
-    return source
+    return _save_by_name(DataSource, name=name, fields=fields, allowed=SOURCE_FIELDS,
+                         audited=AUDITED_SOURCE_FIELDS, secret_field="password", secret=password)
 
 
 @transaction.atomic
 def save_store(*, name: str, token: str | None = None, **fields) -> VectorStore:
     """Create or update a vector store by name; `token=None` keeps the stored one."""
-    unknown = set(fields) - set(STORE_FIELDS)
-    if unknown:
-        raise ValueError(f"unknown vector store fields: {', '.join(sorted(unknown))}")
-    store = VectorStore.objects.filter(name=name).first() or VectorStore(name=name)
-    before = audit.snapshot(store, AUDITED_STORE_FIELDS) if store.pk else None
-    for key, value in fields.items():
-        setattr(store, key, value)
-    if token is not None:
-        store.token = token
-    store.full_clean()
-    store.save()
-    _record_save(store, before, audit.snapshot(store, AUDITED_STORE_FIELDS), "token")
-    return store
+    return _save_by_name(VectorStore, name=name, fields=fields, allowed=STORE_FIELDS,
+                         audited=AUDITED_STORE_FIELDS, secret_field="token", secret=token)
 
 
 @transaction.atomic
 def save_embedding_model(*, name: str, api_key: str | None = None, **fields) -> EmbeddingModel:
     """Create or update a vectorizer by name; `api_key=None` keeps the stored key."""
-    unknown = set(fields) - set(EMBEDDING_MODEL_FIELDS)
+    return _save_by_name(EmbeddingModel, name=name, fields=fields, allowed=EMBEDDING_MODEL_FIELDS,
+                         audited=AUDITED_EMBEDDING_MODEL_FIELDS, secret_field="api_key", secret=api_key)
+
+
+def _save_by_name(model, *, name: str, fields: dict, allowed, audited, secret_field: str, secret: str | None):
+    """Sources, stores and vectorizers are saved the same way: found by name, their one secret
+    replaced only when a new one is given, checked, and audited with the secret as "changed"."""
+    unknown = set(fields) - set(allowed)
     if unknown:
-        raise ValueError(f"unknown embedding model fields: {', '.join(sorted(unknown))}")
-    model = EmbeddingModel.objects.filter(name=name).first() or EmbeddingModel(name=name)
-    before = audit.snapshot(model, AUDITED_EMBEDDING_MODEL_FIELDS) if model.pk else None
+        raise ValueError(f"unknown {model._meta.verbose_name} fields: {', '.join(sorted(unknown))}")
+    obj = model.objects.filter(name=name).first() or model(name=name)
+    before = audit.snapshot(obj, audited) if obj.pk else None
     for key, value in fields.items():
-        setattr(model, key, value)
-    if api_key is not None:
-        model.api_key = api_key
-    model.full_clean()
-    model.save()
-    _record_save(model, before, audit.snapshot(model, AUDITED_EMBEDDING_MODEL_FIELDS), "api_key")
-    return model
+        setattr(obj, key, value)
+    if secret is not None:
+        setattr(obj, secret_field, secret)
+    obj.full_clean()
+    obj.save()
+    _record_save(obj, before, audit.snapshot(obj, audited), secret_field)
+    return obj
 
 
 def _record_save(obj, before: dict | None, after: dict, secret: str) -> None:
