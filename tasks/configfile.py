@@ -36,6 +36,7 @@ from datasources.fields import Secret, reveal
 from datasources.models import DataSource, EmbeddingModel, VectorStore
 from datasources.services import save_source, save_store
 
+from .filters import FilterError, parse_conditions, parse_lines
 from .models import SyncTask
 from .services import TASK_FIELDS, save_task
 
@@ -73,7 +74,7 @@ class Change:
 
 @dataclass(frozen=True)
 class _Spec:
-    type: str  # "str", "int", "number", "str_list" or "secret"
+    type: str  # "str", "int", "number", "str_list", "filter" or "secret"
     required: bool = False
     default: Any = None
     choices: tuple[str, ...] = ()
@@ -152,6 +153,8 @@ TASK_SPEC: dict[str, _Spec] = {
     "hnsw_m": _Spec("int", default=_default(SyncTask, "hnsw_m")),
     "hnsw_ef_construction": _Spec("int", default=_default(SyncTask, "hnsw_ef_construction")),
     "ivf_nlist": _Spec("int", default=_default(SyncTask, "ivf_nlist")),
+    # Conditions as mappings ({column, op, value}) or as the console writes them ("stars >= 10").
+    "row_filter": _Spec("filter", default=[]),
 }
 SPECS = {"sources": SOURCE_SPEC, "stores": STORE_SPEC, "tasks": TASK_SPEC}
 
@@ -345,9 +348,29 @@ class _Validator:
             values[key] = self._value(entry[key], key_path, field)
         return values if len(self.errors.found) == before else None
 
+    def _filter(self, value: Any, path: str) -> list[dict] | None:
+        if not isinstance(value, list):
+            self.error(path, f"must be a list of conditions, not {_a(value)}")
+            return None
+        conditions: list[dict] = []
+        for i, item in enumerate(value):
+            try:
+                if isinstance(item, str):
+                    conditions.extend(parse_lines(item))
+                elif isinstance(item, dict):
+                    parse_conditions([item])
+                    conditions.append(item)
+                else:
+                    self.error(f"{path}[{i}]", f"must be a condition like 'stars >= 10', not {_a(item)}")
+            except FilterError as exc:
+                self.error(f"{path}[{i}]", str(exc).replace("Condition 1", "the condition").replace("Line 1", "it"))
+        return conditions
+
     def _value(self, value: Any, path: str, field: _Spec) -> Any:
         if field.type == "secret":
             return self._secret(value, path)
+        if field.type == "filter":
+            return self._filter(value, path)
         if field.type == "number":
             if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
                 self.error(path, f"must be a number of seconds (0 or more), not {_a(value)}")

@@ -15,13 +15,14 @@ from django.urls import reverse
 from datasources.embedders import DEFAULT_MODEL
 from datasources.selectors import sources_for, stores_for
 
+from .filters import FilterError, format_lines, parse_lines
 from .lookups import table_catalog
 from .models import SyncTask
 from .services import TASK_FIELDS, save_task
 from .validation import CATALOG_ERRORS, TaskInvalid, validate_task
 
 # The fields a preview needs (see `TaskDraft`).
-PREVIEW_FIELDS = ("source", "table", "text_template", "payload_columns")
+PREVIEW_FIELDS = ("source", "table", "text_template", "payload_columns", "row_filter")
 INDEX_FIELDS = ("index_type", "metric", "hnsw_m", "hnsw_ef_construction", "ivf_nlist")
 
 
@@ -74,6 +75,22 @@ class _ColumnList(forms.CharField):
         return [name.strip() for name in super().to_python(value).split(",") if name.strip()]
 
 
+class _RowFilterField(forms.CharField):
+    """A row filter written one condition a line (`stars >= 10`), stored as its JSON list."""
+
+    widget = forms.Textarea(attrs={"rows": 3, "spellcheck": "false",
+                                   "placeholder": "status = published\nstars >= 10\ndeleted_at is null"})
+
+    def prepare_value(self, value):
+        return format_lines(value) if isinstance(value, list) else value
+
+    def to_python(self, value) -> list[dict]:
+        try:
+            return parse_lines(super().to_python(value))
+        except FilterError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+
 class TaskForm(forms.ModelForm):
     table = _CatalogChoice(choices=[], help_text="Tables of the source, read live from its catalog.")
     payload_columns = _CatalogChoices(
@@ -83,13 +100,19 @@ class TaskForm(forms.ModelForm):
     collection = forms.CharField(
         required=False, max_length=255, help_text="The collection in the vector store; empty uses the task name.",
     )
+    row_filter = _RowFilterField(
+        required=False, label="Row filter",
+        help_text="Keep only rows for which every line holds: column, operator (= != < <= > >= in, not in, "
+                  "is null, is not null) and value. A row that stops matching is removed from the collection. "
+                  "Empty keeps every row.",
+    )
 
     class Meta:
         model = SyncTask
         fields = [
             "name", "source", "store", "table", "text_template", "payload_columns", "embedding_model", "vectorizer",
             "collection", "mode", "batch_size", "capture", "updated_at_column", "soft_delete_column",
-            "poll_interval", "overlap_seconds", "chunk_size", "chunk_overlap", *INDEX_FIELDS,
+            "poll_interval", "overlap_seconds", "chunk_size", "chunk_overlap", "row_filter", *INDEX_FIELDS,
         ]
         labels = {"text_template": "Text template", "embedding_model": "Embedding model", "store": "Vector store",
                   "index_type": "Index type", "metric": "Metric"}
@@ -241,4 +264,5 @@ class TaskForm(forms.ModelForm):
         return SyncTask(
             source=data["source"], table=data["table"], text_template=data["text_template"],
             payload_columns=list(data.get("payload_columns") or []), collection="preview",
+            row_filter=data.get("row_filter") or [],
         )

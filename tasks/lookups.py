@@ -64,13 +64,20 @@ def preview(task, *, limit: int = PREVIEW_ROWS) -> list[PreviewRow]:
     finally:
         conn.close()
     out = []
+    kept = []
     for row in rows:
         key = list(mapping.key_of(row))
         try:
-            out.append(PreviewRow(key, mapping.render(row), mapping.payload(row)))
+            shown = PreviewRow(key, mapping.render(row), mapping.payload(row))
         except (KeyError, ValueError, TypeError) as exc:
             out.append(PreviewRow(key, "", {}, error=str(exc)))
-    _note_length(task, mapping, [r for r in out if not r.error])
+            continue
+        out.append(shown)
+        if mapping.row_filter is not None and not mapping.row_filter.matches(row):
+            shown.notice = "Left out by the row filter: not stored."
+        else:
+            kept.append(shown)
+    _note_length(task, mapping, kept)
     return out
 
 

@@ -57,6 +57,11 @@ class SyncTask(models.Model):
                                           help_text="Polling: a column that is non-null/true for deleted rows.")
     poll_interval = models.FloatField(default=5.0, help_text="Polling: seconds between polls.")
     overlap_seconds = models.FloatField(default=5.0, help_text="Polling: re-read this window for late commits.")
+    row_filter = models.JSONField(
+        default=list, blank=True,
+        help_text='Rows to keep, all conditions true: [{"column": "status", "op": "=", "value": "published"}]. '
+                  "Empty keeps every row.",
+    )
     chunk_size = models.PositiveIntegerField(default=0, help_text="Tokens per chunk; 0 embeds each row whole.")
     chunk_overlap = models.PositiveIntegerField(default=32, help_text="Tokens shared by neighbouring chunks.")
     # The vector index of the collection, fixed when the collection is created (a different
@@ -132,6 +137,7 @@ class SyncRun(models.Model):
     rows_deleted = models.BigIntegerField(default=0)
     rows_unchanged = models.BigIntegerField(default=0)
     rows_failed = models.BigIntegerField(default=0)
+    rows_filtered = models.BigIntegerField(default=0, help_text="Rows the task's row filter left out.")
     rows_total = models.BigIntegerField(null=True, blank=True)
     lag_seconds = models.FloatField(null=True, blank=True)
     worker = models.CharField(max_length=255, blank=True, default="")
@@ -141,7 +147,8 @@ class SyncRun(models.Model):
     error = models.TextField(blank=True, default="")
     notices = models.JSONField(default=list, blank=True)
 
-    COUNTERS = ("rows_read", "rows_embedded", "rows_upserted", "rows_deleted", "rows_unchanged", "rows_failed")
+    COUNTERS = ("rows_read", "rows_embedded", "rows_upserted", "rows_deleted", "rows_unchanged", "rows_filtered",
+                "rows_failed")
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -30,6 +30,7 @@ from datasources.connectors.milvus import (
 )
 from datasources.embedders import Embedder
 
+from .filters import FilterError, RowFilter
 from .validation import mapping_problems
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class TaskMapping:
     chunk_size: int = 0  # tokens per chunk; 0: a row is one point
     chunk_overlap: int = 0
     index: VectorIndex = field(default_factory=VectorIndex)
+    row_filter: RowFilter | None = None  # rows it leaves out are not (or no longer) in the collection
 
     @classmethod
     def build(cls, task, table: TableInfo) -> TaskMapping:
@@ -74,6 +76,10 @@ class TaskMapping:
         structured = None
         if task.vectorizer_id and task.vectorizer.kind == "structured":
             structured = [c if isinstance(c, str) else c["name"] for c in task.vectorizer.columns]
+        try:
+            row_filter = RowFilter.for_task(task, table)
+        except FilterError as exc:
+            raise MappingError(str(exc)) from None
         return cls(
             table=table, key_columns=list(table.primary_key), text_template=task.text_template,
             payload_columns=payload, collection=task.collection, structured_columns=structured,
@@ -83,6 +89,7 @@ class TaskMapping:
                 type=task.index_type, metric=task.metric, hnsw_m=task.hnsw_m,
                 hnsw_ef_construction=task.hnsw_ef_construction, ivf_nlist=task.ivf_nlist,
             ),
+            row_filter=row_filter,
         )
 
     @property
@@ -174,6 +181,7 @@ class Counters:
     upserted: int = 0
     deleted: int = 0
     unchanged: int = 0
+    filtered: int = 0
     failed: int = 0
 
     def add(self, other: Counters) -> None:
@@ -199,6 +207,7 @@ class PreparedBatch:
     deletes: list[int | str] = field(default_factory=list)  # point keys of deleted rows
     row_deletes: list[int | str] = field(default_factory=list)  # rows whose chunks all go (chunked tasks)
     stale: list[int | str] = field(default_factory=list)  # chunks a shorter text no longer has
+    left_out: list[int | str] = field(default_factory=list)  # rows the filter leaves out: deleted if present
     truncate_first: bool = False
     counters: Counters = field(default_factory=Counters)
     dead: list[DeadRow] = field(default_factory=list)
@@ -254,6 +263,11 @@ class BatchProcessor:
                 continue
             if change.op == "delete":
                 (batch.row_deletes if mapping.chunking else batch.deletes).append(row_key)
+                continue
+            if mapping.row_filter is not None and not mapping.row_filter.matches(change.row):
+                batch.counters.filtered += 1
+                if not (self.assume_empty and not batch.truncate_first):  # it may be there from before
+                    batch.left_out.append(row_key)
                 continue
             try:
                 text = mapping.render(change.row)
@@ -355,6 +369,11 @@ class BatchProcessor:
             self.target.delete(name, batch.deletes)
         if batch.row_deletes:
             self.target.delete_rows(name, [str(k) for k in batch.row_deletes])
+        if batch.left_out:
+            if self.mapping.chunking:
+                self.target.delete_rows(name, [str(k) for k in batch.left_out])
+            else:
+                self.target.delete(name, batch.left_out)
         if batch.upserts:
             try:
                 self.target.upsert(name, batch.upserts)

@@ -130,9 +130,10 @@ def progress_line(p: dict) -> str:
         parts.append(f"lag {p['lag']:.2f}s")
     c = p["counters"]
     if c:
+        filtered = f"filt {c['rows_filtered']} " if c.get("rows_filtered") else ""  # only for tasks with a filter
         parts.append(
             f"emb {c.get('rows_embedded', 0)} ups {c.get('rows_upserted', 0)} "
-            f"del {c.get('rows_deleted', 0)} same {c.get('rows_unchanged', 0)} fail {c.get('rows_failed', 0)}"
+            f"del {c.get('rows_deleted', 0)} same {c.get('rows_unchanged', 0)} {filtered}fail {c.get('rows_failed', 0)}"
         )
     if p.get("message"):
         parts.append(p["message"])

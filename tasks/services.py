@@ -20,7 +20,7 @@ TASK_FIELDS = (
     "table", "text_template", "payload_columns", "embedding_model", "collection", "mode", "batch_size",
     "capture", "updated_at_column", "soft_delete_column", "poll_interval", "overlap_seconds",
     "chunk_size", "chunk_overlap", "vectorizer", "index_type", "metric", "hnsw_m", "hnsw_ef_construction",
-    "ivf_nlist",
+    "ivf_nlist", "row_filter",
 )
 AUDITED_TASK_FIELDS = ("name", "source", "store", *TASK_FIELDS)
 

@@ -28,6 +28,7 @@ from django.core.exceptions import ValidationError
 from datasources.connectors import source_connector, target_class
 from datasources.connectors.base import ConnectorError, TableInfo
 
+from .filters import FilterError, RowFilter, parse_conditions
 from .models import SyncTask
 
 # What reading a catalog can raise besides a bug; ValueError: no connector for the source's kind.
@@ -157,6 +158,14 @@ def catalog_problems(task: SyncTask, table: TableInfo) -> dict[str, list[str]]:
                 f"The structured vectorizer {vectorizer.name!r} reads {_plural(missing, 'column', 'columns')} "
                 f"that {table.name!r} does not have {have}."
             ]
+    try:
+        conditions = parse_conditions(task.row_filter)
+    except FilterError:
+        conditions = []  # a filter that does not parse is reported by the rules that need no server
+    try:
+        RowFilter(conditions, table)
+    except FilterError as exc:
+        problems["row_filter"] = [str(exc)]
     if task.capture == SyncTask.Capture.POLL:
         for name in ("updated_at_column", "soft_delete_column"):
             column = getattr(task, name)
@@ -180,6 +189,10 @@ def _rules(task: SyncTask, check: TaskCheck) -> None:
                                 f"valid: name one. {COLLECTION_RULE}")
     if task.capture == SyncTask.Capture.POLL and not task.updated_at_column:
         check.add("updated_at_column", "Polling needs the column that changes on every write (e.g. updated_at).")
+    try:
+        parse_conditions(task.row_filter)
+    except FilterError as exc:
+        check.add("row_filter", str(exc))
     if task.chunk_size and task.chunk_overlap >= task.chunk_size:
         check.add("chunk_overlap", f"The overlap must be smaller than the chunk size ({task.chunk_size} tokens).")
     if store_kind is not None:

@@ -14,7 +14,8 @@
   var panel = document.getElementById("live-panel");
   if (!panel) return;
 
-  var COUNTERS = ["rows_read", "rows_embedded", "rows_upserted", "rows_deleted", "rows_unchanged", "rows_failed"];
+  var COUNTERS = ["rows_read", "rows_embedded", "rows_upserted", "rows_deleted", "rows_unchanged", "rows_filtered",
+    "rows_failed"];
   var ACTIVE = { queued: true, running: true };
   var POLL_MS = 2000;
   var FIRST_BACKOFF_MS = 1000;

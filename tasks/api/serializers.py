@@ -24,7 +24,7 @@ from ..services import TASK_FIELDS, save_task
 from ..validation import TaskInvalid, validate_task
 
 # The fields a preview of an unsaved task needs.
-DRAFT_FIELDS = ("source", "table", "text_template", "payload_columns")
+DRAFT_FIELDS = ("source", "table", "text_template", "payload_columns", "row_filter")
 
 
 def api_errors(exc: TaskInvalid) -> serializers.ValidationError:
@@ -105,6 +105,8 @@ class TaskDraftSerializer(serializers.Serializer):
     table = serializers.CharField(max_length=64)
     text_template = serializers.CharField()
     payload_columns = serializers.ListField(child=serializers.CharField(max_length=64), required=False, default=list)
+    row_filter = serializers.JSONField(required=False, default=list,
+                                       help_text="Conditions rows must meet, as for a task; rows left out are marked.")
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         # The same rules as a saved task, on the fields a preview has (no store yet).

@@ -52,7 +52,7 @@ class Command(BaseCommand):
         self.stdout.write(
             f"Run {run.pk} {run.status}: read {c.rows_read}, embedded {c.rows_embedded}, "
             f"upserted {c.rows_upserted}, deleted {c.rows_deleted}, unchanged {c.rows_unchanged}, "
-            f"failed {c.rows_failed}."
+            f"filtered out {c.rows_filtered}, failed {c.rows_failed}."
         )
         for notice in run.notices:
             self.stdout.write(f"Notice: {notice}")
