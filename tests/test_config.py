@@ -230,7 +230,8 @@ def test_export_round_trips(world, monkeypatch):
     expected["tasks"][0] = {
         "capture": "log", "updated_at_column": "", "soft_delete_column": "", "poll_interval": 5.0,
         "overlap_seconds": 5.0, "chunk_size": 0, "chunk_overlap": 32, "vectorizer": "", "index_type": "AUTOINDEX",
-        "metric": "COSINE", "hnsw_m": 16, "hnsw_ef_construction": 100, "ivf_nlist": 128, **expected["tasks"][0],
+        "metric": "COSINE", "hnsw_m": 16, "hnsw_ef_construction": 100, "ivf_nlist": 128, "row_filter": [],
+        **expected["tasks"][0],
     }
     assert yaml.safe_load(exported) == expected
     assert "#   RSYNC_SOURCE_SHOP_PASSWORD\n#   RSYNC_STORE_LOCAL_MILVUS_TOKEN\n" in exported

@@ -87,6 +87,9 @@ def test_api_console_and_config_take_and_refuse_filters(make_task, api, client):
     response = api.patch(url, {"row_filter": [{"column": "stars", "op": ">=", "value": 10}]}, format="json")
     assert response.status_code == 200 and response.json()["row_filter"] == [
         {"column": "stars", "op": ">=", "value": 10}]
+    # The five rows have 0 to 4 stars: the preview shows each of them as left out.
+    preview = api.get(f"{url}preview/").json()
+    assert [item["notice"] for item in preview] == ["Left out by the row filter: not stored."] * 5
 
     client.force_login(get_user_model().objects.get(username="root"))
     edit = client.get(f"/tasks/{task.pk}/edit/")
