@@ -163,10 +163,13 @@ def test_polling_needs_its_columns(make_task, source_db):
     from tasks.services import source_check_failures
 
     _, conn = source_db
-    task = make_polling_task(make_task, conn, updated_at_column="changed", soft_delete_column="gone")
+    task = make_polling_task(make_task, conn)  # saving checks the columns: the table changes afterwards
+    with conn.cursor() as cur:
+        cur.execute("ALTER TABLE docs CHANGE updated_at changed DATETIME(6) NOT NULL")
+        cur.execute("ALTER TABLE docs CHANGE deleted_at gone DATETIME(6) NULL")
     failures = source_check_failures(task)
-    assert any("no column 'changed' to poll by" in f for f in failures), failures
-    assert any("no soft-delete column 'gone'" in f for f in failures), failures
+    assert any("no column 'updated_at' to poll by" in f for f in failures), failures
+    assert any("no soft-delete column 'deleted_at'" in f for f in failures), failures
 
 
 def test_polling_a_sqlite_file(tmp_path, milvus_server, redis_server, run_in_thread):
