@@ -432,3 +432,22 @@ def test_websocket_delivers_events_in_seq_order(make_task, admin_user, client):
     # The same events are there for a page that catches up after a dropped socket.
     caught_up = events.events_after(task.pk, after=seqs[1])
     assert [e["seq"] for e in caught_up] == seqs[2:]
+
+
+def test_the_audit_log_is_read_only_in_admin(client, roles):
+    from audit.models import AuditEvent
+
+    root = create_user(username="root", password="pw-root-12345", roles=[SUPER_ADMIN])
+    client.force_login(root)
+    event = AuditEvent.objects.order_by("-id").first()
+    assert event is not None  # creating root was recorded
+    listed = client.get("/admin/audit/auditevent/")
+    assert listed.status_code == 200 and event.action in listed.content.decode()
+    shown = client.get(f"/admin/audit/auditevent/{event.pk}/change/")
+    assert shown.status_code == 200 and 'type="submit"' not in shown.content.decode().split('id="content"')[1]
+    assert client.get("/admin/audit/auditevent/add/").status_code == 403
+    assert client.post(f"/admin/audit/auditevent/{event.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert AuditEvent.objects.filter(pk=event.pk).exists()
+    # An Admin (no audit rights) does not see it.
+    client.force_login(create_user(username="adam", password="pw-adam-12345", roles=[ADMIN]))
+    assert client.get("/admin/audit/auditevent/").status_code == 403

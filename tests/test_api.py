@@ -369,6 +369,9 @@ def test_store_test_connection(api, milvus_server):
     [result] = data(response)
     assert result["name"] == "connect" and result["ok"] is True
     assert result["message"].startswith("Connected to Milvus; ")
+    # The store remembers its last check, as sources do (the dashboard shows it).
+    shown = data(api.get(f"/api/stores/{store.pk}/"))
+    assert shown["last_check_ok"] is True and shown["last_check_report"][0]["name"] == "connect"
 
 
 @pytest.mark.django_db

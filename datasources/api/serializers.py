@@ -24,7 +24,8 @@ class _NamedSerializer(serializers.ModelSerializer):
 
 
 class DataSourceSerializer(_NamedSerializer):
-    """A MySQL/MariaDB database rows are read from; the password is write-only."""
+    """A database rows are read from (MySQL/MariaDB, PostgreSQL, SQLite for polling); the password is
+    write-only."""
 
     password = serializers.CharField(
         write_only=True, required=False, allow_blank=True, trim_whitespace=False, max_length=1000,
@@ -59,7 +60,7 @@ class DataSourceSerializer(_NamedSerializer):
 
 
 class VectorStoreSerializer(_NamedSerializer):
-    """A Milvus server vectors are written to; the token is write-only."""
+    """A vector store (Milvus or Qdrant) vectors are written to; the token is write-only."""
 
     token = serializers.CharField(
         write_only=True, required=False, allow_blank=True, trim_whitespace=False, max_length=4000,
@@ -69,7 +70,9 @@ class VectorStoreSerializer(_NamedSerializer):
 
     class Meta:
         model = VectorStore
-        fields = ["id", "name", *STORE_FIELDS, "token", "token_set", "created_at", "updated_at"]
+        fields = ["id", "name", *STORE_FIELDS, "token", "token_set", "last_check_ok", "last_check_at",
+                  "last_check_report", "created_at", "updated_at"]
+        read_only_fields = ["last_check_ok", "last_check_at", "last_check_report"]
 
     @extend_schema_field(serializers.BooleanField())
     def get_token_set(self, obj: VectorStore) -> bool:

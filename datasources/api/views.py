@@ -38,7 +38,8 @@ CHECKS = OpenApiResponse(
 
 @extend_schema_view(destroy=extend_schema(responses={204: None, 409: IN_USE}))
 class DataSourceViewSet(APIViewMixin, viewsets.ModelViewSet):
-    """MySQL/MariaDB databases rows are read from. The password is write-only."""
+    """Databases rows are read from: MySQL/MariaDB and PostgreSQL (change log or polling), SQLite (polling).
+    The password is write-only."""
 
     serializer_class = DataSourceSerializer
     filterset_fields = {"name": ["exact", "icontains"], "kind": ["exact"], "host": ["exact"],
@@ -56,7 +57,7 @@ class DataSourceViewSet(APIViewMixin, viewsets.ModelViewSet):
     @extend_schema(request=None, responses={200: CHECKS})
     @action(detail=True, methods=["post"])
     def test(self, request: Request, pk: str | None = None) -> Response:
-        """Test the connection: connect, privileges and binary log settings, each with its message."""
+        """Test the connection: connect, privileges and change-log settings, each with its message."""
         results = check_source(self.get_object())
         return Response([r.as_dict() for r in results])
 
@@ -70,7 +71,8 @@ class DataSourceViewSet(APIViewMixin, viewsets.ModelViewSet):
 
 @extend_schema_view(destroy=extend_schema(responses={204: None, 409: IN_USE}))
 class VectorStoreViewSet(APIViewMixin, viewsets.ModelViewSet):
-    """Milvus servers vectors are written to. The token is write-only."""
+    """Vector stores vectors are written to: Milvus (a server or Milvus Lite) and Qdrant (a server or a local
+    folder). The token is write-only."""
 
     serializer_class = VectorStoreSerializer
     filterset_fields = {"name": ["exact", "icontains"], "kind": ["exact"]}
