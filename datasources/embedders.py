@@ -179,11 +179,12 @@ class HeapKeeper:
     glibc's malloc raises its mmap threshold whenever a large block is freed, so torch's
     activation buffers, a different size for every batch of texts, soon come from the heap, whose
     freed holes are seldom given back; each thread (reader, embedder, writer, torch's) gets an
-    arena of its own to fragment. Measured here (bench/sync_throughput.py (d), 20,000 titles):
-    without tuning the process grew 278 MiB and kept it; with a fixed 8 MiB threshold, two arenas
-    and a `malloc_trim` every ten seconds it stays within tens of MiB of where it started. (A
-    256 KiB threshold kept it flatter still but made embedding 30% slower: every batch then
-    maps and faults in fresh pages.) Linux with glibc only; elsewhere nothing is tuned.
+    arena of its own to fragment. Measured here (bench/sync_throughput.py (d) and 1,536 docstrings
+    encoded in a loop): untuned, the process grew 278 MiB and kept it (peak RSS about 950 MiB);
+    with a fixed 32 MiB threshold, two arenas and a `malloc_trim` every ten seconds it peaked at
+    680 MiB at 2% less speed. Lower thresholds cost speed, because every batch then maps and
+    faults in fresh pages: 8 MiB 16% slower, 256 KiB 30% slower (though flattest of all).
+    Linux with glibc only; elsewhere nothing is tuned.
     """
 
     def __init__(self, threshold: int) -> None:

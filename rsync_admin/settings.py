@@ -233,7 +233,7 @@ RSYNC_EMBED_BATCH = env.int("RSYNC_EMBED_BATCH", default=64)
 RSYNC_EMBED_DEVICE = env.str("RSYNC_EMBED_DEVICE", default="")  # "" picks CUDA when present
 # Bytes from which glibc's malloc maps memory on its own (returned to the system when freed) in
 # processes that embed; 0 leaves malloc alone. See HeapKeeper in datasources/embedders.py.
-RSYNC_MALLOC_MMAP_THRESHOLD = env.int("RSYNC_MALLOC_MMAP_THRESHOLD", default=8 * 1024 * 1024)
+RSYNC_MALLOC_MMAP_THRESHOLD = env.int("RSYNC_MALLOC_MMAP_THRESHOLD", default=32 * 1024 * 1024)
 # Embedding cache in Redis keyed by (model, text hash); 0 turns it off.
 RSYNC_EMBED_CACHE_TTL = env.int("RSYNC_EMBED_CACHE_TTL", default=30 * 24 * 3600)
 
