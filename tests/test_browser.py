@@ -158,6 +158,26 @@ def screenshot_on_failure(page, name: str):
         raise
 
 
+# Wraps the browser's WebSocket: the test can close the page's sockets and refuse new ones
+# (`new WebSocket` throws, as it does for a blocked address), and allow them again.
+SOCKET_SWITCH = """
+(() => {
+  const Native = window.WebSocket;
+  window.__sockets = [];
+  window.__blockSockets = false;
+  function Switched(url, protocols) {
+    if (window.__blockSockets) throw new Error("websocket blocked by the test");
+    const socket = protocols === undefined ? new Native(url) : new Native(url, protocols);
+    window.__sockets.push(socket);
+    return socket;
+  }
+  Switched.prototype = Native.prototype;
+  for (const name of ["CONNECTING", "OPEN", "CLOSING", "CLOSED"]) Switched[name] = Native[name];
+  window.WebSocket = Switched;
+})();
+"""
+
+
 def open_page(page, click: str, path: str) -> None:
     """Follow a link like a user, and wait until the new page's scripts (htmx) are ready."""
     from playwright.sync_api import expect
@@ -209,6 +229,8 @@ def test_a_user_syncs_a_table_and_searches_it_in_the_browser(
     source_name, store_name, task_name = (unique(p).replace("_", "-") for p in ("source", "store", "task"))
     base = web_server
 
+    # Lets the test cut the page's websocket, as a proxy timeout or a sleeping laptop would.
+    page.add_init_script(SOCKET_SWITCH)
     with screenshot_on_failure(page, "browser"):
         # Log in.
         page.goto(f"{base}/login/")
@@ -321,6 +343,23 @@ def test_a_user_syncs_a_table_and_searches_it_in_the_browser(
                                     "title": "Bake sourdough bread", "body": "Flour, water, starter and time."}])
         expect(page.locator(counter)).to_have_text(f"{len(rows) + 1:,}", timeout=30_000)
         expect(page.locator("#counter-rows_read")).to_have_text(f"{len(rows) + 1:,}")
+        assert page.evaluate("window.__notReloaded") is True, "the page reloaded"
+
+        # The socket drops and cannot reconnect for a while: the page falls back to polling and
+        # still shows a new row without a reload; once the socket can connect again it goes live
+        # and the next row comes over it.
+        page.evaluate("window.__blockSockets = true; window.__sockets.forEach((socket) => socket.close())")
+        expect(page.locator("#live-connection")).to_contain_text("polling every 2 s", timeout=10_000)
+        insert_rows(conn, "docs", [{**rows[1], "id": len(rows) + 2, "name": "kitchen.soup", "module": "kitchen",
+                                    "title": "Simmer a vegetable soup", "body": "Leeks, potatoes, stock."}])
+        expect(page.locator(counter)).to_have_text(f"{len(rows) + 2:,}", timeout=30_000)
+        expect(page.locator("#live-connection")).to_contain_text("polling every 2 s")
+        page.evaluate("window.__blockSockets = false")
+        expect(page.locator("#live-connection")).to_have_text("live", timeout=60_000)
+        insert_rows(conn, "docs", [{**rows[2], "id": len(rows) + 3, "name": "kitchen.tea", "module": "kitchen",
+                                    "title": "Brew green tea", "body": "Water at 80 degrees, two minutes."}])
+        expect(page.locator(counter)).to_have_text(f"{len(rows) + 3:,}", timeout=30_000)
+        expect(page.locator("#live-connection")).to_have_text("live")
         assert page.evaluate("window.__notReloaded") is True, "the page reloaded"
 
         # Stop: the runner ends its batch and the page says so.
