@@ -338,29 +338,29 @@ def test_a_user_syncs_a_table_and_searches_it_in_the_browser(
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "browser-task-page.png"), full_page=True)
 
-        # A row inserted into the source arrives through the change stream, still without a reload.
-        insert_rows(conn, "docs", [{**rows[0], "id": len(rows) + 1, "name": "kitchen.bread", "module": "kitchen",
-                                    "title": "Bake sourdough bread", "body": "Flour, water, starter and time."}])
-        expect(page.locator(counter)).to_have_text(f"{len(rows) + 1:,}", timeout=30_000)
-        expect(page.locator("#counter-rows_read")).to_have_text(f"{len(rows) + 1:,}")
-        assert page.evaluate("window.__notReloaded") is True, "the page reloaded"
+        def insert_and_see(name: str, title: str, body: str, connection: str) -> None:
+            """A new row reaches the counter, still without a reload, while the page is `connection`."""
+            count = len(rows) + len(extra) + 1
+            extra.append(name)
+            insert_rows(conn, "docs", [{**rows[0], "id": count, "name": f"kitchen.{name}", "module": "kitchen",
+                                        "title": title, "body": body}])
+            expect(page.locator(counter)).to_have_text(f"{count:,}", timeout=30_000)
+            expect(page.locator("#counter-rows_read")).to_have_text(f"{count:,}")
+            expect(page.locator("#live-connection")).to_contain_text(connection)
+            assert page.evaluate("window.__notReloaded") is True, "the page reloaded"
 
+        # A row inserted into the source arrives through the change stream.
+        extra: list[str] = []
+        insert_and_see("bread", "Bake sourdough bread", "Flour, water, starter and time.", "live")
         # The socket drops and cannot reconnect for a while: the page falls back to polling and
-        # still shows a new row without a reload; once the socket can connect again it goes live
-        # and the next row comes over it.
+        # still shows the next row; once the socket can connect again it goes live and the row
+        # after comes over it.
         page.evaluate("window.__blockSockets = true; window.__sockets.forEach((socket) => socket.close())")
         expect(page.locator("#live-connection")).to_contain_text("polling every 2 s", timeout=10_000)
-        insert_rows(conn, "docs", [{**rows[1], "id": len(rows) + 2, "name": "kitchen.soup", "module": "kitchen",
-                                    "title": "Simmer a vegetable soup", "body": "Leeks, potatoes, stock."}])
-        expect(page.locator(counter)).to_have_text(f"{len(rows) + 2:,}", timeout=30_000)
-        expect(page.locator("#live-connection")).to_contain_text("polling every 2 s")
+        insert_and_see("soup", "Simmer a vegetable soup", "Leeks, potatoes, stock.", "polling every 2 s")
         page.evaluate("window.__blockSockets = false")
         expect(page.locator("#live-connection")).to_have_text("live", timeout=60_000)
-        insert_rows(conn, "docs", [{**rows[2], "id": len(rows) + 3, "name": "kitchen.tea", "module": "kitchen",
-                                    "title": "Brew green tea", "body": "Water at 80 degrees, two minutes."}])
-        expect(page.locator(counter)).to_have_text(f"{len(rows) + 3:,}", timeout=30_000)
-        expect(page.locator("#live-connection")).to_have_text("live")
-        assert page.evaluate("window.__notReloaded") is True, "the page reloaded"
+        insert_and_see("tea", "Brew green tea", "Water at 80 degrees, two minutes.", "live")
 
         # Stop: the runner ends its batch and the page says so.
         page.click("#task-stop")
