@@ -6,8 +6,8 @@ runs in local mode in a folder inside it), loads the same `--rows` rows of real 
 docstrings, template "{title}\\n\\n{body}") into MariaDB and PostgreSQL, and measures for each pair
 (mysql->milvus, postgresql->milvus, mysql->qdrant), in one run and on the same texts:
 
-  (a) the raw `model.encode` rate on exactly the texts the snapshot embeds, one call per snapshot
-      chunk (`task.batch_size` rows, `batch_size=RSYNC_EMBED_BATCH` inside), once right before and
+  (a) the raw `model.encode` rate on exactly the texts the snapshot embeds, in the model batches
+      the embedder makes of each snapshot chunk (texts of similar length), once right before and
       once right after the pair's snapshot (a pass between two pairs serves as the "after" of one
       and the "before" of the next when both sources render the same texts, which is checked);
   (b) a full snapshot through `TaskRunner` (mode "full", in this process, fresh collection) and
@@ -223,18 +223,19 @@ def chunks_digest(chunks) -> str:
 
 
 def encode_pass(embedder, chunks, servers: dict[str, int], label: str, every: float = 30.0) -> dict:
-    """`model.encode` on each chunk's texts, as `SentenceTransformerEmbedder._encode` calls it."""
-    from django.conf import settings
-
+    """`model.encode` on each chunk's model batches, as `SentenceTransformerEmbedder._encode` makes
+    them (texts of similar length; made before the clock starts)."""
     model = embedder.model
     rows = sum(n for n, _ in chunks)
     times: list[float] = []
     done, last = 0, time.monotonic()
     with CpuWindow(servers) as cpu:
         for n, texts in chunks:
+            batches = [[texts[i] for i in batch] for batch in embedder.model_batches(texts)]
             t = time.perf_counter()
-            model.encode(texts, batch_size=settings.RSYNC_EMBED_BATCH, normalize_embeddings=True,
-                         convert_to_numpy=True, show_progress_bar=False)
+            for batch in batches:
+                model.encode(batch, batch_size=len(batch), normalize_embeddings=True,
+                             convert_to_numpy=True, show_progress_bar=False)
             times.append(time.perf_counter() - t)
             done += n
             if time.monotonic() - last >= every:
@@ -706,6 +707,7 @@ def run_benchmark(args, workdir: Path, servers: dict) -> int:
         "rows": args.rows, "template": TEMPLATE,
         "task_batch_size_rows": SyncTask._meta.get_field("batch_size").default,
         "embed_batch_size_texts": settings.RSYNC_EMBED_BATCH,
+        "embed_token_budget": settings.RSYNC_EMBED_TOKEN_BUDGET,
         "snapshot_chunks": len(any_chunks), "texts_embedded_per_pass": len(texts),
         "text_chars_mean": rnd(sum(map(len, texts)) / len(texts), 1),
         "text_chars_p50": percentile([len(x) for x in texts], 50), "text_chars_max": max(map(len, texts)),
@@ -768,9 +770,9 @@ def run_benchmark(args, workdir: Path, servers: dict) -> int:
                 "before_rows_per_s": before["rows_per_s"], "after_rows_per_s": after["rows_per_s"],
                 "rows_per_s": rnd(pooled, 2),
                 "rows_per_s_note": "both passes pooled: 2 x rows / (seconds before + seconds after)",
-                "call": "SentenceTransformer.encode(texts of one snapshot chunk, batch_size=RSYNC_EMBED_BATCH, "
-                        "normalize_embeddings=True), texts read and rendered from the pair's source as the runner "
-                        "does",
+                "call": "SentenceTransformer.encode(one model batch, normalize_embeddings=True) for each batch of "
+                        "similar length that SentenceTransformerEmbedder.model_batches makes of a snapshot chunk, "
+                        "texts read and rendered from the pair's source as the runner does",
             },
             "snapshot": snap,
         }

@@ -5,7 +5,8 @@ Starts private MariaDB, Redis and Milvus Lite servers in a temporary folder and 
 run and on the same texts (stdlib docstrings, template "{title}\\n\\n{body}"):
 
   (a) the raw `model.encode` rate on exactly the texts the snapshot embeds, in the pipeline's own
-      batches (one call per snapshot chunk of `task.batch_size` rows, `RSYNC_EMBED_BATCH` inside):
+      batches (each snapshot chunk of `task.batch_size` rows split into batches of similar length
+      by `SentenceTransformerEmbedder.model_batches`, batches made before the clock starts):
       the physical limit;
   (b) a full snapshot of `--rows` rows through `TaskRunner` (mode "full", in this process, into a
       fresh collection) and the ratio b/a, with a breakdown of where each stage spent its time;
@@ -335,16 +336,19 @@ def pipeline_texts(task) -> list[list[str]]:
 
 
 def raw_encode(embedder, chunks, label: str, every: float = 20.0) -> dict:
-    """`model.encode` on each chunk, as `SentenceTransformerEmbedder.encode` calls it."""
+    """`model.encode` on each chunk's model batches (texts of similar length, as
+    `SentenceTransformerEmbedder._encode` makes them; made before the clock starts)."""
     model = embedder.model
     times = []
     rows = sum(n for n, _ in chunks)
     done, last = 0, time.monotonic()
     start = time.perf_counter()
     for n, texts in chunks:
+        batches = [[texts[i] for i in batch] for batch in embedder.model_batches(texts)]
         t = time.perf_counter()
-        model.encode(texts, batch_size=embedder.batch_size, normalize_embeddings=True,
-                     convert_to_numpy=True, show_progress_bar=False)
+        for batch in batches:
+            model.encode(batch, batch_size=len(batch), normalize_embeddings=True,
+                         convert_to_numpy=True, show_progress_bar=False)
         times.append(time.perf_counter() - t)
         done += n
         if time.monotonic() - last >= every:
@@ -878,6 +882,7 @@ def run_benchmark(args, mariadb, server_pids, settings) -> int:
             "model_load_s": rnd(model_load_s),
             "task_batch_size_rows": SyncTask._meta.get_field("batch_size").default,
             "embed_batch_size_texts": settings.RSYNC_EMBED_BATCH,
+            "embed_token_budget": settings.RSYNC_EMBED_TOKEN_BUDGET,
             "embed_device": str(embedder.model.device),
             "embedding_cache_ttl_s": getattr(settings, "RSYNC_EMBED_CACHE_TTL", None),
             "embedding_cache_note": "the private Redis is emptied before (b), (c) and each (d) run: every "
@@ -987,8 +992,10 @@ def phase_ab(args, conn, source, store, embedder, probe: Probe, server_pids) -> 
         "rows_per_s": rnd(enc["rows_per_s"], 2),
         "rows_per_s_note": "both passes pooled: 2 x rows / (seconds before + seconds after)",
         "before_snapshot": one_pass(before, cpu_before), "after_snapshot": one_pass(after, cpu_after),
-        "note": "SentenceTransformer.encode(texts of one snapshot chunk, batch_size=RSYNC_EMBED_BATCH, "
-                "normalize_embeddings=True), texts read and rendered from MariaDB exactly as the runner does",
+        "note": "SentenceTransformer.encode(one model batch, normalize_embeddings=True) for each batch of "
+                "similar length that SentenceTransformerEmbedder.model_batches makes of a snapshot chunk "
+                "(RSYNC_EMBED_BATCH texts, RSYNC_EMBED_TOKEN_BUDGET padded tokens at most), texts read and "
+                "rendered from MariaDB exactly as the runner does",
     }
     ratio = snap["rows_per_s"] / enc["rows_per_s"]
     # Contention-robust view: CPU seconds per row (bench process + its servers) vs the raw encode's.

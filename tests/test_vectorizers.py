@@ -18,6 +18,7 @@ from datasources.embedders import (
     StructuredVectorizer,
     build_vectorizer,
     get_embedder,
+    length_batches,
     retry_after_seconds,
 )
 from datasources.models import EmbeddingModel
@@ -235,6 +236,37 @@ def test_custom_vectorizer_by_dotted_path():
     broken = EmbeddingModel.objects.create(name="broken", kind="custom", dotted_path="no.such.module:factory")
     with pytest.raises(ConnectorError, match="cannot be imported"):
         build_vectorizer(broken)
+
+
+def test_length_batches_keep_long_texts_from_padding_short_ones():
+    lengths = [256, 10, 12, 250, 11, 40, 9, 256]
+    batches = length_batches(lengths, max_batch=4, token_budget=512)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths))), "every text exactly once"
+    for batch in batches:
+        assert len(batch) <= 4
+        assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 512, batch
+    assert [6, 1, 4, 2] in batches, "the short texts share one batch"
+    assert all(len(batch) <= 2 for batch in batches if any(lengths[i] >= 250 for i in batch))
+    # No budget: batches by count alone, still sorted by length.
+    assert length_batches(lengths, max_batch=3, token_budget=0) == [[6, 1, 4], [2, 5, 3], [0, 7]]
+
+
+def test_the_model_embeds_in_length_batches_with_the_same_vectors_in_the_same_order():
+    model = get_embedder()
+    long_text = " ".join(f"word{i}" for i in range(400))  # beyond the model's 256 tokens
+    short = [f"{verb} a {thing}" for verb in ("parse", "read", "write", "sort") for thing in
+             ("zip archive", "date", "URL", "CSV file", "socket", "digest", "path", "number", "queue", "log")]
+    texts = [*short[:20], long_text, *short[20:], long_text[:900]]
+    batches = model.model_batches(texts)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(texts)))
+    with_long = next(batch for batch in batches if 20 in batch)
+    assert len(with_long) * model.max_tokens <= model.token_budget, "the long text pads only a few others"
+    assert any(len(batch) > len(with_long) and 20 not in batch for batch in batches), batches
+    vectors = model.encode(texts)
+    plain = model.model.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
+    assert len(vectors) == len(texts)
+    for got, expected in zip(vectors, plain.tolist(), strict=True):
+        assert got == pytest.approx(expected, abs=1e-4)
 
 
 @pytest.mark.django_db(transaction=True)
