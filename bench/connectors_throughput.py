@@ -225,7 +225,6 @@ def chunks_digest(chunks) -> str:
 def encode_pass(embedder, chunks, servers: dict[str, int], label: str, every: float = 30.0) -> dict:
     """`model.encode` on each chunk's model batches, as `SentenceTransformerEmbedder._encode` makes
     them (texts of similar length; made before the clock starts)."""
-    model = embedder.model
     rows = sum(n for n, _ in chunks)
     times: list[float] = []
     done, last = 0, time.monotonic()
@@ -233,9 +232,7 @@ def encode_pass(embedder, chunks, servers: dict[str, int], label: str, every: fl
         for n, texts in chunks:
             batches = [[texts[i] for i in batch] for batch in embedder.model_batches(texts)]
             t = time.perf_counter()
-            for batch in batches:
-                model.encode(batch, batch_size=len(batch), normalize_embeddings=True,
-                             convert_to_numpy=True, show_progress_bar=False)
+            embedder.run_model(batches)
             times.append(time.perf_counter() - t)
             done += n
             if time.monotonic() - last >= every:

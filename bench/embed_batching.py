@@ -70,10 +70,9 @@ def main() -> None:
                                          token_budget=budget)
                 calls = [[group[i] for i in batch] for batch in batches]
                 padded += sum(len(call) * max(lengths[i] for i in call) for call in calls)
+                call_texts = [[texts[i] for i in call] for call in calls]
                 started = time.perf_counter()
-                for call in calls:
-                    model.encode([texts[i] for i in call], batch_size=len(call), normalize_embeddings=True,
-                                 convert_to_numpy=True, show_progress_bar=False)
+                embedder.run_model(call_texts)
                 seconds += time.perf_counter() - started
             rate = count / seconds
             plain_rate = plain_rate or rate

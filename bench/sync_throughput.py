@@ -338,7 +338,6 @@ def pipeline_texts(task) -> list[list[str]]:
 def raw_encode(embedder, chunks, label: str, every: float = 20.0) -> dict:
     """`model.encode` on each chunk's model batches (texts of similar length, as
     `SentenceTransformerEmbedder._encode` makes them; made before the clock starts)."""
-    model = embedder.model
     times = []
     rows = sum(n for n, _ in chunks)
     done, last = 0, time.monotonic()
@@ -346,9 +345,7 @@ def raw_encode(embedder, chunks, label: str, every: float = 20.0) -> dict:
     for n, texts in chunks:
         batches = [[texts[i] for i in batch] for batch in embedder.model_batches(texts)]
         t = time.perf_counter()
-        for batch in batches:
-            model.encode(batch, batch_size=len(batch), normalize_embeddings=True,
-                         convert_to_numpy=True, show_progress_bar=False)
+        embedder.run_model(batches)
         times.append(time.perf_counter() - t)
         done += n
         if time.monotonic() - last >= every:

@@ -258,18 +258,27 @@ class SentenceTransformerEmbedder(Vectorizer):
         lengths = [min(count, self.max_tokens) for count in self.tokenizer.token_counts(texts)]
         return length_batches(lengths, max_batch=self.batch_size, token_budget=self.token_budget)
 
+    def run_model(self, batches: list[list[str]]) -> list:
+        """The model on each batch as given, one call each: normalised vectors (numpy), per batch.
+
+        The raw model, no lock or bookkeeping: `_encode` calls it, and the benchmarks time it as
+        the physical limit on the same batches.
+        """
+        return [
+            self.model.encode(batch, batch_size=len(batch), normalize_embeddings=True,
+                              convert_to_numpy=True, show_progress_bar=False)
+            for batch in batches
+        ]
+
     def _encode(self, texts: list[str]) -> list[list[float]]:
-        vectors: list[list[float]] = [[] for _ in texts]
         batches = self.model_batches(texts)
+        vectors: list[list[float]] = [[] for _ in texts]
         with self._lock:  # one model, many threads: torch uses every core for one call already
-            for batch in batches:
-                encoded = self.model.encode(
-                    [texts[i] for i in batch], batch_size=len(batch), normalize_embeddings=True,
-                    convert_to_numpy=True, show_progress_bar=False,
-                )
-                for index, vector in zip(batch, encoded.tolist()):
-                    vectors[index] = vector
+            encoded = self.run_model([[texts[i] for i in batch] for batch in batches])
             self.heap.after_batch()
+        for batch, batch_vectors in zip(batches, encoded):
+            for index, vector in zip(batch, batch_vectors.tolist()):
+                vectors[index] = vector
         return vectors
 
     def count_tokens(self, text: str) -> int:

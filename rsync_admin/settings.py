@@ -232,7 +232,7 @@ RSYNC_WAL_WARN_BYTES = env.int("RSYNC_WAL_WARN_BYTES", default=1024**3)
 RSYNC_EMBED_BATCH = env.int("RSYNC_EMBED_BATCH", default=64)
 RSYNC_EMBED_DEVICE = env.str("RSYNC_EMBED_DEVICE", default="")  # "" picks CUDA when present
 # The bundled model embeds texts of similar length together, at most this many padded tokens
-# (texts x longest) per call; 0 batches RSYNC_EMBED_BATCH texts in arrival order.
+# (texts x longest) per call, besides RSYNC_EMBED_BATCH texts; 0 closes batches by count alone.
 RSYNC_EMBED_TOKEN_BUDGET = env.int("RSYNC_EMBED_TOKEN_BUDGET", default=2048)
 # Bytes from which glibc's malloc maps memory on its own (returned to the system when freed) in
 # processes that embed; 0 leaves malloc alone. See HeapKeeper in datasources/embedders.py.
